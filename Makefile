@@ -1,0 +1,37 @@
+# Development entry points. Everything runs from a local virtualenv in $(VENV).
+VENV ?= .venv
+PY = $(VENV)/bin/python
+STAMP = $(VENV)/.installed
+
+.PHONY: install test lint run soak bench clean distclean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check cluster console scripts tests
+	$(VENV)/bin/mypy cluster console scripts
+
+run: $(STAMP)
+	$(PY) scripts/run_dev.py
+
+soak: $(STAMP)
+	RAFT_SIM_SEEDS=100000 $(PY) -m pytest -m soak -n 2 -q
+
+bench: $(STAMP)
+	$(PY) -m cluster.bench raft
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

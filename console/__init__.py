@@ -1,0 +1,1 @@
+"""Django admin console for the etcd-style cluster (one client of it, via cluster.client)."""
