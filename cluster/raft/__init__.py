@@ -25,10 +25,10 @@ from .types import (
 __all__ = [
     "NONE",
     "CompactedError",
-    "Config",
     "ConfChange",
     "ConfChangeType",
     "ConfState",
+    "Config",
     "Entry",
     "EntryType",
     "HardState",

@@ -210,12 +210,18 @@ class RaftLog:
 
     # -- indexes and terms -------------------------------------------------
     def first_index(self) -> int:
-        first = self.unstable.maybe_first_index()
-        return first if first is not None else self.storage.first_index()
+        snap = self.unstable.snapshot
+        if snap is not None:
+            return snap.metadata.index + 1
+        return self.storage.first_index()
 
     def last_index(self) -> int:
-        last = self.unstable.maybe_last_index()
-        return last if last is not None else self.storage.last_index()
+        unstable = self.unstable
+        if unstable.entries:
+            return unstable.offset + len(unstable.entries) - 1
+        if unstable.snapshot is not None:
+            return unstable.snapshot.metadata.index
+        return self.storage.last_index()
 
     def persisted_index(self) -> int:
         """The last index known to be durable on this node's disk."""
@@ -223,7 +229,11 @@ class RaftLog:
 
     def term(self, index: int) -> int | None:
         """The term of the entry at ``index``, or None if it is compacted or absent."""
-        term = self.unstable.maybe_term(index)
+        unstable = self.unstable
+        at = index - unstable.offset
+        if 0 <= at < len(unstable.entries):
+            return unstable.entries[at].term  # the common case: the recent tail
+        term = unstable.maybe_term(index)
         if term is not None:
             return term
         if index < self.first_index() - 1 or index > self.last_index():

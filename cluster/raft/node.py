@@ -52,6 +52,20 @@ _RESPONSE_TYPES = frozenset(
 )
 
 
+# Vote messages carry the term they campaign for; proposals and read requests
+# forwarded to the leader are treated like local messages there (term 0).
+_TERM_SET_BY_CALLER = frozenset(
+    {
+        MessageType.VOTE,
+        MessageType.VOTE_RESP,
+        MessageType.PRE_VOTE,
+        MessageType.PRE_VOTE_RESP,
+        MessageType.PROP,
+        MessageType.READ_INDEX,
+    }
+)
+
+
 class CampaignType(enum.Enum):
     PRE_ELECTION = "pre-election"
     ELECTION = "election"
@@ -157,7 +171,9 @@ class RaftNode:
 
     def propose(self, data: bytes) -> None:
         """Propose one entry; raises ``ProposalDropped`` if it cannot be accepted here."""
-        self.step(Message(MessageType.PROP, frm=self.id, entries=[Entry(0, 0, EntryType.NORMAL, data)]))
+        self.step(
+            Message(MessageType.PROP, frm=self.id, entries=[Entry(0, 0, EntryType.NORMAL, data)])
+        )
 
     def propose_batch(self, items: list[bytes]) -> None:
         entries = [Entry(0, 0, EntryType.NORMAL, data) for data in items]
@@ -232,9 +248,14 @@ class RaftNode:
             return True
         if self.log.has_next_committed_entries():
             return True
-        if self.soft_state() != self._prev_soft:
-            return True
-        return self.hard_state() != self._prev_hard
+        soft, hard = self._prev_soft, self._prev_hard
+        return (
+            self.lead != soft.lead
+            or self.state != soft.state
+            or self.term != hard.term
+            or self.vote != hard.vote
+            or self.log.committed != hard.commit
+        )
 
     def ready(self) -> Ready:
         rd = Ready(
@@ -244,19 +265,16 @@ class RaftNode:
             snapshot=self.log.unstable.snapshot,
         )
         self.msgs = []
-        soft = self.soft_state()
-        if soft != self._prev_soft:
-            rd.soft_state = soft
-        hard = self.hard_state()
-        if hard != self._prev_hard:
-            rd.hard_state = hard
+        soft, hard = self._prev_soft, self._prev_hard
+        if self.lead != soft.lead or self.state != soft.state:
+            rd.soft_state = self.soft_state()
+        vote_changed = self.term != hard.term or self.vote != hard.vote
+        if vote_changed or self.log.committed != hard.commit:
+            rd.hard_state = self.hard_state()
         if self.read_states:
             rd.read_states = self.read_states
             self.read_states = []
-        rd.must_sync = bool(rd.entries) or (
-            rd.hard_state is not None
-            and (hard.term != self._prev_hard.term or hard.vote != self._prev_hard.vote)
-        )
+        rd.must_sync = bool(rd.entries) or vote_changed
         return rd
 
     def advance(self, rd: Ready) -> None:
@@ -279,9 +297,9 @@ class RaftNode:
         if self.state == StateType.LEADER:
             # The leader counts its own copy only once it is on disk.
             own = self.trk.progress.get(self.id)
-            if own is not None and own.maybe_update(self.log.persisted_index()):
-                if self._maybe_commit():
-                    self._bcast_append()
+            persisted = self.log.persisted_index()
+            if own is not None and own.maybe_update(persisted) and self._maybe_commit():
+                self._bcast_append()
 
     def _load_hard_state(self, hard_state: HardState) -> None:
         if not self.log.committed <= hard_state.commit <= self.log.last_index():
@@ -528,9 +546,9 @@ class RaftNode:
         if kind == MessageType.CHECK_QUORUM:
             if not self.trk.quorum_active(self.id):
                 self.become_follower(self.term, NONE)
-            for node_id, pr in self.trk.progress.items():
+            for node_id, other in self.trk.progress.items():
                 if node_id != self.id:
-                    pr.recent_active = False
+                    other.recent_active = False
             return
         if kind == MessageType.PROP:
             self._leader_propose(m)
@@ -647,7 +665,9 @@ class RaftNode:
             self._bcast_append()
         elif was_paused:
             self._send_append(m.frm)
-        while self._maybe_send_append(m.frm, send_if_empty=False):
+        while pr.next <= self.log.last_index() and self._maybe_send_append(
+            m.frm, send_if_empty=False
+        ):
             pass
         if m.frm == self.lead_transferee and pr.match == self.log.last_index():
             self._send_timeout_now(m.frm)
@@ -718,14 +738,7 @@ class RaftNode:
     # -- sending -----------------------------------------------------------
     def _send(self, m: Message) -> None:
         m.frm = self.id
-        if m.type not in (
-            MessageType.VOTE,
-            MessageType.VOTE_RESP,
-            MessageType.PRE_VOTE,
-            MessageType.PRE_VOTE_RESP,
-            MessageType.PROP,
-            MessageType.READ_INDEX,
-        ):
+        if m.type not in _TERM_SET_BY_CALLER:
             m.term = self.term
         self.msgs.append(m)
 
@@ -805,9 +818,7 @@ class RaftNode:
             if self.state == StateType.PRE_CANDIDATE
             else MessageType.VOTE_RESP
         )
-        if kind == MessageType.PROP:
-            self._drop(m, ProposalDropped.NO_LEADER)
-        elif kind == MessageType.READ_INDEX:
+        if kind == MessageType.PROP or kind == MessageType.READ_INDEX:
             self._drop(m, ProposalDropped.NO_LEADER)
         elif kind == MessageType.APP:
             self.become_follower(m.term, m.frm)
@@ -834,9 +845,7 @@ class RaftNode:
     def _step_follower(self, m: Message) -> None:
         kind = m.type
         if kind == MessageType.PROP:
-            if self.lead == NONE:
-                self._drop(m, ProposalDropped.NO_LEADER)
-            elif self.disable_proposal_forwarding:
+            if self.lead == NONE or self.disable_proposal_forwarding:
                 self._drop(m, ProposalDropped.NO_LEADER)
             else:
                 self._forward(m)
@@ -912,9 +921,9 @@ class RaftNode:
         meta = m.snapshot.metadata
         if meta.index <= self.log.committed:
             return False
+        # A member added after the snapshot was taken is not in its configuration
+        # yet; it learns of itself from the entries that follow.
         cs = meta.conf_state
-        if self.id not in cs.voters and self.id not in cs.learners:
-            return False  # a snapshot of a configuration we are not in
         if self.log.match_term(meta.index, meta.term):
             # We already have the entries it covers: fast-forward the commit index.
             self.log.commit_to(meta.index)

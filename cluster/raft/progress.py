@@ -190,9 +190,7 @@ class ProgressTracker:
         return matches[self.quorum() - 1]
 
     def quorum_active(self, self_id: int) -> bool:
-        active = sum(
-            1 for v in self.voters if v == self_id or self.progress[v].recent_active
-        )
+        active = sum(1 for v in self.voters if v == self_id or self.progress[v].recent_active)
         return active >= self.quorum()
 
     def reset_votes(self) -> None:

@@ -15,19 +15,19 @@ Replay a seed with:  python -m tests.unit.raft.sim --seed N [--trace]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import heapq
 import pickle
 import random
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cluster.raft import (
-    NONE,
-    Config,
     ConfChange,
     ConfChangeType,
+    Config,
     ConfState,
     Entry,
     EntryType,
@@ -228,20 +228,22 @@ class SimNetwork:
     def blocked(self, frm: int, to: int) -> bool:
         return frm in self.down or to in self.down or (frm, to) in self.cut
 
-    def send(self, m: Message) -> None:
+    def send(self, m: Message) -> bool:
+        """Queue ``m`` for delivery; False if it is lost at once."""
         self.sent += 1
         f = self.faults
         if self.blocked(m.frm, m.to) or m.type in self.drop_types:
             self.dropped += 1
-            return
+            return False
         if f.drop and self.rng.random() < f.drop:
             self.dropped += 1
-            return
+            return False
         copies = 2 if f.duplicate and self.rng.random() < f.duplicate else 1
         for _ in range(copies):
             delay = self.rng.randint(0, f.max_delay) if f.max_delay else 0
             self._seq += 1
             heapq.heappush(self._queue, (self.now + delay, self._seq, m))
+        return True
 
     def due(self) -> list[Message]:
         out = []
@@ -305,8 +307,13 @@ class Cluster:
         self.net = SimNetwork(random.Random(seed ^ 0x5EED), faults or NetworkFaults())
         self.check = InvariantChecker()
         self.trace: deque[tuple[object, ...]] = deque(maxlen=trace_size)
+        self.stats: Counter[str] = Counter()
+        # Called as (node id, point name) at each crash point of the Ready loop.
+        self.crash_points: Callable[[int, str], bool] | None = None
         self.ticks = 0
         self.nodes: dict[int, SimNode] = {}
+        # (sender, receiver, failed): a transport reports how a snapshot send ended.
+        self._snapshot_status: list[tuple[int, int, bool]] = []
         ids = list(ids)
         for node_id in ids:
             storage = MemoryStorage()
@@ -317,6 +324,7 @@ class Cluster:
     # -- observation -------------------------------------------------------
     def log(self, *event: object) -> None:
         self.trace.append((self.ticks, *event))
+        self.stats[str(event[0])] += 1
 
     def format_trace(self, last: int | None = None) -> str:
         events = list(self.trace)[-last:] if last else list(self.trace)
@@ -346,10 +354,20 @@ class Cluster:
         while sn.raft is not None and sn.raft.has_ready():
             r = sn.raft
             rd = r.ready()
+            if self._crash_point(sn, "before-persist"):
+                return
+            if rd.entries and self._crash_point(sn, "torn-persist"):
+                self._persist_torn(sn, rd)
+                return
             self._persist(sn, rd)
+            if self._crash_point(sn, "after-persist"):
+                return
             for m in rd.messages:
                 self.log("send", m.frm, "->", m.to, _describe(m))
-                self.net.send(m)
+                if not self.net.send(m) and m.type == MessageType.SNAP:
+                    self._snapshot_status.append((m.frm, m.to, True))
+            if self._crash_point(sn, "after-send"):
+                return
             self._apply(sn, rd)
             r.advance(rd)
             if rd.soft_state is not None:
@@ -357,6 +375,29 @@ class Cluster:
                 if rd.soft_state.state == StateType.LEADER:
                     self.check.on_leader(r)
             self._maybe_snapshot(sn)
+
+    def _crash_point(self, sn: SimNode, point: str) -> bool:
+        """Crash ``sn`` here if the run's crash-point policy says so."""
+        if self.crash_points is None or not self.crash_points(sn.id, point):
+            return False
+        self.log("crash-point", sn.id, point)
+        self.crash(sn.id)
+        return True
+
+    def _persist_torn(self, sn: SimNode, rd: Ready) -> None:
+        """Power lost mid-write: a prefix of the entries reached the disk, nothing else.
+
+        This is what a WAL leaves after truncating a torn last record: entries are
+        written before the hard state, so the hard state of this batch is lost.
+        """
+        if rd.snapshot is not None:
+            return
+        keep = rd.entries[: self.rng.randrange(len(rd.entries))]
+        if keep:
+            prev_term = sn.storage.term(keep[0].index - 1)
+            sn.storage.append(keep)
+            self.check.on_persist(sn.id, keep, prev_term)
+        self.log("torn-write", sn.id, f"kept {len(keep)} of {len(rd.entries)} entries")
 
     def _persist(self, sn: SimNode, rd: Ready) -> None:
         st = sn.storage
@@ -413,13 +454,27 @@ class Cluster:
         for m in self.net.due():
             target = self.nodes.get(m.to)
             if target is None or target.raft is None or self.net.blocked(m.frm, m.to):
+                if m.type == MessageType.SNAP:
+                    self._snapshot_status.append((m.frm, m.to, True))
                 continue
+            if m.type == MessageType.SNAP:
+                self._snapshot_status.append((m.frm, m.to, False))
             delivered += 1
             self.log("recv", m.frm, "->", m.to, _describe(m))
             target.raft.step_remote(_copy_message(m))
             self.process(target)
+        self._report_snapshots()
         self.net.now += 1
         return delivered
+
+    def _report_snapshots(self) -> None:
+        reports, self._snapshot_status = self._snapshot_status, []
+        for frm, to, failed in reports:
+            sender = self.nodes[frm]
+            if sender.raft is not None:
+                self.log("snap-status", frm, "->", to, "failed" if failed else "ok")
+                sender.raft.report_snapshot(to, failed)
+                self.process(sender)
 
     def stabilize(self, max_rounds: int = 10_000) -> None:
         """Deliver messages (no time passes) until the network is quiet."""
@@ -566,6 +621,10 @@ class RandomRun:
         )
         self.cluster = Cluster(range(1, size + 1), seed, self.opts, self.faults)
         self.p_crash = rng.choice((0.0, 0.005, 0.02))
+        p_crash_point = rng.choice((0.0, 0.0, 0.001, 0.005))
+        if p_crash_point:
+            crash_rng = random.Random(seed ^ 0xC7A5)
+            self.cluster.crash_points = lambda _id, _point: crash_rng.random() < p_crash_point
         self.p_partition = rng.choice((0.0, 0.01, 0.05))
         self.p_conf = rng.choice((0.0, 0.01, 0.03))
         self.p_transfer = rng.choice((0.0, 0.005, 0.02))
@@ -607,22 +666,22 @@ class RandomRun:
         live = [n.id for n in c.live()]
         if live and rng.random() < self.p_propose:
             for _ in range(rng.choice((1, 1, 3))):
+                live = [n.id for n in c.live()]  # a crash point may have struck
+                if not live:
+                    break
                 target = rng.choice(live)
                 self.next_value += 1
-                try:
+                with contextlib.suppress(ProposalDropped):
                     c.propose(target, b"v%d" % self.next_value)
-                except ProposalDropped:
-                    pass
+        live = [n.id for n in c.live()]
         if live and rng.random() < 0.1:
             target = rng.choice(live)
             self.next_read += 1
-            try:
+            with contextlib.suppress(ProposalDropped):
                 c.read_index(target, b"r%d" % self.next_read)
-            except ProposalDropped:
-                pass
-        if rng.random() < self.p_crash:
-            if live and rng.random() < 0.6:
-                c.crash(rng.choice(live))
+        live = [n.id for n in c.live()]
+        if rng.random() < self.p_crash and live and rng.random() < 0.6:
+            c.crash(rng.choice(live))
         down = [n.id for n in c.nodes.values() if not n.alive]
         if down and rng.random() < 0.1:
             c.restart(rng.choice(down))
@@ -663,11 +722,17 @@ class RandomRun:
             if choice < 0.35 and len(voters) + len(learners) < 6:
                 new_id = self.next_id
                 self.next_id += 1
-                kind = ConfChangeType.ADD_LEARNER_NODE if rng.random() < 0.6 else ConfChangeType.ADD_NODE
+                kind = (
+                    ConfChangeType.ADD_LEARNER_NODE
+                    if rng.random() < 0.6
+                    else ConfChangeType.ADD_NODE
+                )
                 c.propose_conf_change(lead, ConfChange(kind, new_id))
                 c.add_empty_node(new_id)
             elif choice < 0.6 and learners:
-                c.propose_conf_change(lead, ConfChange(ConfChangeType.ADD_NODE, rng.choice(sorted(learners))))
+                c.propose_conf_change(
+                    lead, ConfChange(ConfChangeType.ADD_NODE, rng.choice(sorted(learners)))
+                )
             elif len(voters) > 3 or (learners and choice < 0.8):
                 pool = sorted(learners) if learners and choice < 0.8 else sorted(voters)
                 victim = rng.choice(pool)
@@ -682,6 +747,7 @@ class RandomRun:
         c = self.cluster
         c.heal()
         c.net.faults = NetworkFaults()
+        c.crash_points = None
         for sn in list(c.nodes.values()):
             if not sn.alive:
                 c.restart(sn.id)
@@ -703,12 +769,14 @@ class RandomRun:
             if all(marker in c.applied_values(i) for i in ids):
                 return True
             lead = c.leader()
-            if lead is not None and marker not in c.applied_values(lead) and c.ticks - proposed_at >= 30:
+            if (
+                lead is not None
+                and marker not in c.applied_values(lead)
+                and c.ticks - proposed_at >= 30
+            ):
                 proposed_at = c.ticks
-                try:
+                with contextlib.suppress(ProposalDropped):
                     c.propose(lead, marker)
-                except ProposalDropped:
-                    pass
             return False
 
         if not c.run_until(done, self.LIVENESS_BOUND_TICKS):

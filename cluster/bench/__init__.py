@@ -1,0 +1,1 @@
+"""Benchmarks, in the manner of etcd's `benchmark` tool: ``python -m cluster.bench <workload>``."""

@@ -1,0 +1,22 @@
+"""Entry point: ``python -m cluster.bench <workload> [flags]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import raft
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m cluster.bench", description="Benchmarks of this etcd-style store."
+    )
+    workloads = parser.add_subparsers(dest="workload", required=True, metavar="WORKLOAD")
+    raft.add_parser(workloads)
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
