@@ -156,6 +156,7 @@ class NodeOptions:
     max_size_per_msg: int | None = 1 << 20
     snapshot_every: int | None = None  # applied entries between snapshots
     keep_after_snapshot: int = 0  # entries kept in the log behind a snapshot
+    leader_sends_before_persist: bool = False  # the member's parallel WAL write
 
 
 class SimNode:
@@ -354,6 +355,19 @@ class Cluster:
         while sn.raft is not None and sn.raft.has_ready():
             r = sn.raft
             rd = r.ready()
+            # A leader may send before its own fsync (it counts itself only after
+            # advance); anything that changes term or vote must be durable first.
+            hs = sn.storage.hard_state
+            send_first = (
+                self.opts.leader_sends_before_persist
+                and r.state == StateType.LEADER
+                and (
+                    rd.hard_state is None
+                    or (rd.hard_state.term, rd.hard_state.vote) == (hs.term, hs.vote)
+                )
+            )
+            if send_first:
+                self._send_all(rd)
             if self._crash_point(sn, "before-persist"):
                 return
             if rd.entries and self._crash_point(sn, "torn-persist"):
@@ -362,10 +376,8 @@ class Cluster:
             self._persist(sn, rd)
             if self._crash_point(sn, "after-persist"):
                 return
-            for m in rd.messages:
-                self.log("send", m.frm, "->", m.to, _describe(m))
-                if not self.net.send(m) and m.type == MessageType.SNAP:
-                    self._snapshot_status.append((m.frm, m.to, True))
+            if not send_first:
+                self._send_all(rd)
             if self._crash_point(sn, "after-send"):
                 return
             self._apply(sn, rd)
@@ -375,6 +387,12 @@ class Cluster:
                 if rd.soft_state.state == StateType.LEADER:
                     self.check.on_leader(r)
             self._maybe_snapshot(sn)
+
+    def _send_all(self, rd: Ready) -> None:
+        for m in rd.messages:
+            self.log("send", m.frm, "->", m.to, _describe(m))
+            if not self.net.send(m) and m.type == MessageType.SNAP:
+                self._snapshot_status.append((m.frm, m.to, True))
 
     def _crash_point(self, sn: SimNode, point: str) -> bool:
         """Crash ``sn`` here if the run's crash-point policy says so."""
@@ -613,6 +631,7 @@ class RandomRun:
             max_size_per_msg=rng.choice((None, 1 << 20, 20)),
             snapshot_every=rng.choice((None, 5, 20, 50)),
             keep_after_snapshot=rng.choice((0, 2, 10)),
+            leader_sends_before_persist=rng.random() < 0.5,
         )
         self.faults = NetworkFaults(
             drop=rng.choice((0.0, 0.02, 0.1, 0.25)),
