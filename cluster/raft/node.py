@@ -184,7 +184,12 @@ class RaftNode:
         self.step(Message(MessageType.PROP, frm=self.id, entries=[entry]))
 
     def read_index(self, request_ctx: bytes) -> None:
-        """Ask for a linearizable read point; it arrives as a ``ReadState`` in a later Ready."""
+        """Ask for a linearizable read point; it arrives as a ``ReadState`` in a later Ready.
+
+        ``request_ctx`` identifies the request and must be unique among pending reads.
+        """
+        if not request_ctx:
+            raise ValueError("a read index request needs a non-empty context")
         self.step(Message(MessageType.READ_INDEX, frm=self.id, context=request_ctx))
 
     def transfer_leader(self, transferee: int) -> None:
@@ -369,10 +374,11 @@ class RaftNode:
         own.become_replicate()
         own.match = self.log.persisted_index()
         own.recent_active = True
-        # No membership change until everything before this term is applied.
-        self.pending_conf_index = self.log.last_index()
         # The no-op entry commits the previous terms' entries (and ReadIndex needs it).
         self._append_entries([Entry(0, 0)])
+        # No membership change until an entry of this term is applied: it rules
+        # out the single-server-change hazard of a new leader with a stale config.
+        self.pending_conf_index = self.log.last_index()
 
     def _reset_randomized_election_timeout(self) -> None:
         self.randomized_election_timeout = self.election_timeout + self.rng.randrange(
@@ -737,7 +743,8 @@ class RaftNode:
 
     # -- sending -----------------------------------------------------------
     def _send(self, m: Message) -> None:
-        m.frm = self.id
+        if m.frm == NONE:
+            m.frm = self.id  # a forwarded request keeps its origin (e.g. the transferee)
         if m.type not in _TERM_SET_BY_CALLER:
             m.term = self.term
         self.msgs.append(m)
