@@ -231,13 +231,12 @@ class RaftLog:
         """The term of the entry at ``index``, or None if it is compacted or absent."""
         unstable = self.unstable
         at = index - unstable.offset
-        if 0 <= at < len(unstable.entries):
-            return unstable.entries[at].term  # the common case: the recent tail
-        term = unstable.maybe_term(index)
-        if term is not None:
-            return term
-        if index < self.first_index() - 1 or index > self.last_index():
-            return None
+        if at >= 0:
+            return unstable.entries[at].term if at < len(unstable.entries) else None
+        snap = unstable.snapshot
+        if snap is not None:
+            # Everything before a pending snapshot is gone, but its last entry's term.
+            return snap.metadata.term if index == snap.metadata.index else None
         try:
             return self.storage.term(index)
         except (CompactedError, UnavailableError):
@@ -341,9 +340,7 @@ class RaftLog:
         self.applied = index
 
     def has_next_committed_entries(self) -> bool:
-        if self.unstable.snapshot is not None:
-            return False
-        return self.committed > max(self.applied, self.first_index() - 1)
+        return self.committed > self.applied and self.unstable.snapshot is None
 
     def next_committed_entries(self) -> list[Entry]:
         if self.unstable.snapshot is not None:
