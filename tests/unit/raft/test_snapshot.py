@@ -35,10 +35,13 @@ SNAP_OPTS = NodeOptions(snapshot_every=5, keep_after_snapshot=0)
 # ---------------------------------------------------------------------------
 
 
-def record_sends(c: Cluster) -> list[tuple[Message, ProgressState | None]]:
+Sent = list[tuple[Message, ProgressState | None]]
+
+
+def record_sends(c: Cluster) -> Sent:
     """Every message handed to the network from now on, with the sender's progress
     state for the receiver at that moment (None if the sender is not leading)."""
-    sent: list[tuple[Message, ProgressState | None]] = []
+    sent: Sent = []
     original = c.net.send
 
     def send(m: Message) -> bool:
@@ -50,7 +53,7 @@ def record_sends(c: Cluster) -> list[tuple[Message, ProgressState | None]]:
     return sent
 
 
-def of_type(sent: list[tuple[Message, ProgressState | None]], kind: MessageType, to: int) -> list:
+def of_type(sent: Sent, kind: MessageType, to: int) -> Sent:
     return [(m, st) for m, st in sent if m.type == kind and m.to == to]
 
 
@@ -71,7 +74,7 @@ def heartbeat(c: Cluster, leader: int) -> None:
     c.process(c.nodes[leader])
 
 
-def compacted_cluster(values: list[bytes]) -> Cluster:
+def compacted_cluster(values: list[bytes], ticks_while_down: int = 0) -> Cluster:
     """Three nodes, leader 1; node 3 was down while ``values`` committed and the
     leader compacted its log past everything node 3 has."""
     c = Cluster((1, 2, 3), seed=31, opts=SNAP_OPTS)
@@ -80,6 +83,8 @@ def compacted_cluster(values: list[bytes]) -> Cluster:
     for v in values:
         c.propose(1, v)
         c.stabilize()
+    c.tick(ticks_while_down)
+    assert c.leader() == 1
     leader_storage = c.nodes[1].storage
     assert leader_storage.snapshot().metadata.index > 0
     assert leader_storage.first_index() > c.nodes[3].storage.last_index() + 1
@@ -91,12 +96,16 @@ def compacted_cluster(values: list[bytes]) -> Cluster:
 # ---------------------------------------------------------------------------
 
 
-def test_lagging_follower_installs_snapshot_then_continues_with_appends() -> None:
-    """The leader ships its snapshot (progress SNAPSHOT), the follower installs it
-    (state machine and storage snapshot equal the leader's), the leader returns
-    to REPLICATE, and later entries reach the follower as plain appends."""
+@pytest.mark.parametrize("ticks_while_down", [0, 3 * 10])
+def test_lagging_follower_installs_snapshot_then_continues_with_appends(
+    ticks_while_down: int,
+) -> None:
+    """The leader ships its snapshot (progress SNAPSHOT, nothing else sent meanwhile),
+    the follower installs it (state machine and storage snapshot equal the
+    leader's), the leader returns to REPLICATE, and later entries reach the
+    follower as plain appends. Also when CheckQuorum marked the follower inactive."""
     values = [b"v%02d" % i for i in range(20)]
-    c = compacted_cluster(values)
+    c = compacted_cluster(values, ticks_while_down)
     c.restart(3)
     sent = record_sends(c)
     heartbeat(c, 1)
@@ -121,6 +130,7 @@ def test_lagging_follower_installs_snapshot_then_continues_with_appends() -> Non
     assert states[-1] == ProgressState.REPLICATE
     assert states.index(ProgressState.SNAPSHOT) < len(states) - 1
     assert (pr.match, pr.pending_snapshot) == (c.raft(1).log.last_index(), 0)
+    assert all(st != ProgressState.SNAPSHOT for _, st in of_type(sent, MessageType.APP, 3))
 
     sent.clear()
     more = [b"after1", b"after2"]
@@ -166,7 +176,7 @@ def test_failed_snapshot_send_makes_leader_probe_and_retry() -> None:
     heartbeat(c, 1)
     c.stabilize()
     assert len(of_type(sent, MessageType.SNAP, 3)) == 3
-    assert pr.state == ProgressState.REPLICATE
+    assert c.raft(1).trk.progress[3].state == ProgressState.REPLICATE
     assert c.applied_values(3) == values
 
 
@@ -198,9 +208,7 @@ def test_snapshot_covering_entries_the_follower_has_only_advances_commit() -> No
     rd = node.ready()
     assert rd.snapshot is None
     assert node.log.committed == 8 and node.log.last_index() == 10
-    assert [(m.type, m.index, m.reject) for m in rd.messages] == [
-        (MessageType.APP_RESP, 8, False)
-    ]
+    assert [(m.type, m.index, m.reject) for m in rd.messages] == [(MessageType.APP_RESP, 8, False)]
     assert [e.index for e in rd.committed_entries] == list(range(2, 9))
     node.advance(rd)
 
