@@ -343,7 +343,7 @@ class RaftLog:
         return self.committed > self.applied and self.unstable.snapshot is None
 
     def next_committed_entries(self) -> list[Entry]:
-        if self.unstable.snapshot is not None:
+        if self.committed <= self.applied or self.unstable.snapshot is not None:
             return []
         lo = max(self.applied + 1, self.first_index())
         if self.committed + 1 > lo:
@@ -361,6 +361,11 @@ class RaftLog:
         return list(self.unstable.entries)
 
     def entries(self, lo: int, max_size: int | None) -> list[Entry]:
+        """Entries from ``lo`` to the end, at most ``max_size`` bytes (at least one)."""
+        unstable = self.unstable
+        if lo >= unstable.offset and unstable.snapshot is None:
+            # The common case for a leader: only its newest, unpersisted tail.
+            return limit_size(unstable.entries[lo - unstable.offset :], max_size)
         last = self.last_index()
         if lo > last:
             return []

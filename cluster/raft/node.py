@@ -263,23 +263,26 @@ class RaftNode:
         )
 
     def ready(self) -> Ready:
+        log = self.log
+        soft, hard = self._prev_soft, self._prev_hard
+        vote_changed = self.term != hard.term or self.vote != hard.vote
+        entries = log.unstable_entries()
         rd = Ready(
-            entries=self.log.unstable_entries(),
-            committed_entries=self.log.next_committed_entries(),
+            soft_state=(
+                self.soft_state() if self.lead != soft.lead or self.state != soft.state else None
+            ),
+            hard_state=(
+                self.hard_state() if vote_changed or log.committed != hard.commit else None
+            ),
+            read_states=self.read_states,
+            entries=entries,
+            snapshot=log.unstable.snapshot,
+            committed_entries=log.next_committed_entries(),
             messages=self.msgs,
-            snapshot=self.log.unstable.snapshot,
+            must_sync=bool(entries) or vote_changed,
         )
         self.msgs = []
-        soft, hard = self._prev_soft, self._prev_hard
-        if self.lead != soft.lead or self.state != soft.state:
-            rd.soft_state = self.soft_state()
-        vote_changed = self.term != hard.term or self.vote != hard.vote
-        if vote_changed or self.log.committed != hard.commit:
-            rd.hard_state = self.hard_state()
-        if self.read_states:
-            rd.read_states = self.read_states
-            self.read_states = []
-        rd.must_sync = bool(rd.entries) or vote_changed
+        self.read_states = []
         return rd
 
     def advance(self, rd: Ready) -> None:
@@ -546,6 +549,11 @@ class RaftNode:
     # -- leader ------------------------------------------------------------
     def _step_leader(self, m: Message) -> None:
         kind = m.type
+        if kind == MessageType.APP_RESP:  # the hot path first
+            pr = self.trk.progress.get(m.frm)
+            if pr is not None:
+                self._handle_append_response(m, pr)
+            return
         if kind == MessageType.BEAT:
             self._bcast_heartbeat()
             return
@@ -571,9 +579,7 @@ class RaftNode:
         pr = self.trk.progress.get(m.frm)
         if pr is None:
             return
-        if kind == MessageType.APP_RESP:
-            self._handle_append_response(m, pr)
-        elif kind == MessageType.HEARTBEAT_RESP:
+        if kind == MessageType.HEARTBEAT_RESP:
             self._handle_heartbeat_response(m, pr)
         elif kind == MessageType.SNAP_STATUS:
             if pr.state != ProgressState.SNAPSHOT:
