@@ -10,6 +10,7 @@ determined by its inputs.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import random
 from dataclasses import dataclass, field
@@ -64,6 +65,9 @@ _TERM_SET_BY_CALLER = frozenset(
         MessageType.READ_INDEX,
     }
 )
+
+
+_FROM_LEADER = frozenset({MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP})
 
 
 class CampaignType(enum.Enum):
@@ -207,7 +211,10 @@ class RaftNode:
             raise RaftError(f"raft: cannot step {m.type.name} as a peer message")
         if m.frm not in self.trk.progress and m.type in _RESPONSE_TYPES:
             return  # a response from a node that is no longer a member
-        self.step(m)
+        # A forwarded request that cannot be accepted here is dropped (it may even
+        # have started on this node, when it was a follower): its proposer times out.
+        with contextlib.suppress(ProposalDropped):
+            self.step(m)
 
     def apply_conf_change(self, change: ConfChange) -> ConfState:
         """Apply a committed membership change; returns the new configuration."""
@@ -334,13 +341,7 @@ class RaftNode:
         self.trk.reset_votes()
         next_index = self.log.last_index() + 1
         for node_id, pr in self.trk.progress.items():
-            pr.match = 0
-            pr.next = next_index
-            pr.state = ProgressState.PROBE
-            pr.pending_snapshot = 0
-            pr.probe_sent = False
-            pr.recent_active = False
-            pr.inflights.reset()
+            pr.reset(next_index)
             if node_id == self.id:
                 pr.match = self.log.persisted_index()
         self.pending_conf_index = 0
@@ -444,7 +445,7 @@ class RaftNode:
                 pass  # a pre-vote never changes our term
             elif m.type == MessageType.PRE_VOTE_RESP and not m.reject:
                 pass  # granted pre-votes are for a future term; we bump it when we win
-            elif m.type in (MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP):
+            elif m.type in _FROM_LEADER:
                 self.become_follower(m.term, m.frm)
             else:
                 self.become_follower(m.term, NONE)
@@ -833,15 +834,9 @@ class RaftNode:
         )
         if kind == MessageType.PROP or kind == MessageType.READ_INDEX:
             self._drop(m, ProposalDropped.NO_LEADER)
-        elif kind == MessageType.APP:
+        elif kind in _FROM_LEADER:
             self.become_follower(m.term, m.frm)
-            self._handle_append(m)
-        elif kind == MessageType.HEARTBEAT:
-            self.become_follower(m.term, m.frm)
-            self._handle_heartbeat(m)
-        elif kind == MessageType.SNAP:
-            self.become_follower(m.term, m.frm)
-            self._handle_snapshot(m)
+            self._handle_from_leader(m)
         elif kind == my_resp:
             result = self._poll(m.frm, not m.reject)
             if result == VoteResult.WON:
@@ -862,18 +857,10 @@ class RaftNode:
                 self._drop(m, ProposalDropped.NO_LEADER)
             else:
                 self._forward(m)
-        elif kind == MessageType.APP:
+        elif kind in _FROM_LEADER:
             self.election_elapsed = 0
             self.lead = m.frm
-            self._handle_append(m)
-        elif kind == MessageType.HEARTBEAT:
-            self.election_elapsed = 0
-            self.lead = m.frm
-            self._handle_heartbeat(m)
-        elif kind == MessageType.SNAP:
-            self.election_elapsed = 0
-            self.lead = m.frm
-            self._handle_snapshot(m)
+            self._handle_from_leader(m)
         elif kind == MessageType.TRANSFER_LEADER:
             if self.lead != NONE:
                 self._forward(m)
@@ -895,6 +882,14 @@ class RaftNode:
     def _drop(self, m: Message, reason: str) -> None:
         if m.frm in (NONE, self.id):
             raise ProposalDropped(reason)
+
+    def _handle_from_leader(self, m: Message) -> None:
+        if m.type == MessageType.APP:
+            self._handle_append(m)
+        elif m.type == MessageType.HEARTBEAT:
+            self._handle_heartbeat(m)
+        else:
+            self._handle_snapshot(m)
 
     def _handle_append(self, m: Message) -> None:
         if m.index < self.log.committed:

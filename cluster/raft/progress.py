@@ -77,6 +77,13 @@ class Progress:
             f" inflight={len(self.inflights)})"
         )
 
+    def reset(self, next_index: int) -> None:
+        """Forget everything known about the member (a new term began)."""
+        self.match = 0
+        self.next = next_index
+        self.recent_active = False
+        self._reset_state(ProgressState.PROBE)
+
     def _reset_state(self, state: ProgressState) -> None:
         self.probe_sent = False
         self.pending_snapshot = 0

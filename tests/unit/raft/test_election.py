@@ -7,109 +7,34 @@ messages, so a regression in the core makes it fail.
 
 from __future__ import annotations
 
-import dataclasses
 import random
-from collections import deque
-from collections.abc import Callable, Sequence
 
 import pytest
 
 from cluster.raft import (
     NONE,
     Config,
-    ConfState,
     Entry,
     EntryType,
     HardState,
-    MemoryStorage,
     Message,
     MessageType,
     RaftNode,
-    Snapshot,
-    SnapshotMetadata,
     StateType,
 )
 
+from .helpers import ET, deliver, drain, new_node, of_type, on_send
 from .sim import Cluster, NodeOptions
 
-ET = 10  # election tick used throughout
-
 # ---------------------------------------------------------------------------
-# Helpers: bare nodes driven by hand
+# Helpers
 # ---------------------------------------------------------------------------
-
-
-def new_node(
-    node_id: int,
-    voters: Sequence[int],
-    log_terms: Sequence[int] = (),
-    *,
-    term: int | None = None,
-    vote: int = NONE,
-    pre_vote: bool = False,
-    check_quorum: bool = False,
-    seed: int = 0,
-) -> RaftNode:
-    """A node whose storage holds a snapshot at index 1 (term 1, config ``voters``)
-    followed by entries 2, 3, ... with the given terms."""
-    storage = MemoryStorage()
-    storage.apply_snapshot(Snapshot(SnapshotMetadata(1, 1, ConfState(frozenset(voters)))))
-    storage.append([Entry(t, i + 2, data=b"e%d" % (i + 2)) for i, t in enumerate(log_terms)])
-    storage.set_hard_state(HardState(max([1, *log_terms]) if term is None else term, vote, 1))
-    cfg = Config(
-        id=node_id,
-        rng=random.Random(seed * 7919 + node_id),
-        election_tick=ET,
-        applied=1,
-        pre_vote=pre_vote,
-        check_quorum=check_quorum,
-    )
-    return RaftNode(cfg, storage)
-
-
-def drain(node: RaftNode) -> list[Message]:
-    """Run the node's Ready loop like a driver (persist, send, advance); return what it sent."""
-    out: list[Message] = []
-    storage = node.log.storage
-    while node.has_ready():
-        rd = node.ready()
-        if rd.snapshot is not None:
-            storage.apply_snapshot(rd.snapshot)
-        storage.append(rd.entries)
-        if rd.hard_state is not None:
-            storage.set_hard_state(rd.hard_state)
-        out.extend(rd.messages)
-        node.advance(rd)
-    return out
-
-
-def deliver(
-    nodes: dict[int, RaftNode],
-    msgs: list[Message],
-    allow: Callable[[Message], bool] = lambda m: True,
-) -> list[Message]:
-    """Deliver ``msgs`` and every reply they cause until quiet; return the messages dropped."""
-    dropped: list[Message] = []
-    queue = deque(msgs)
-    while queue:
-        m = queue.popleft()
-        if m.to not in nodes or not allow(m):
-            dropped.append(m)
-            continue
-        target = nodes[m.to]
-        target.step(dataclasses.replace(m, entries=[dataclasses.replace(e) for e in m.entries]))
-        queue.extend(drain(target))
-    return dropped
 
 
 def vote_request(frm: int, to: int, term: int, last_index: int, last_term: int) -> Message:
     return Message(
         MessageType.VOTE, to=to, frm=frm, term=term, index=last_index, log_term=last_term
     )
-
-
-def replies(msgs: list[Message], kind: MessageType) -> list[Message]:
-    return [m for m in msgs if m.type == kind]
 
 
 def state_of(node: RaftNode) -> StateType:
@@ -206,7 +131,7 @@ def test_candidate_persists_term_and_self_vote_in_the_ready_with_its_vote_reques
     rd = node.ready()
     assert rd.hard_state == HardState(term=2, vote=1, commit=1)
     assert rd.must_sync
-    votes = replies(rd.messages, MessageType.VOTE)
+    votes = of_type(rd.messages, MessageType.VOTE)
     assert sorted(m.to for m in votes) == [2, 3]
     assert all((m.term, m.index, m.log_term) == (2, 3, 1) for m in votes)
 
@@ -219,9 +144,9 @@ def test_pre_candidate_changes_nothing_durable_until_pre_vote_wins() -> None:
     rd = node.ready()
     assert node.state == StateType.PRE_CANDIDATE
     assert rd.hard_state is None and not rd.must_sync
-    pre = replies(rd.messages, MessageType.PRE_VOTE)
+    pre = of_type(rd.messages, MessageType.PRE_VOTE)
     assert sorted(m.to for m in pre) == [2, 3] and all(m.term == 2 for m in pre)
-    assert replies(rd.messages, MessageType.VOTE) == []
+    assert of_type(rd.messages, MessageType.VOTE) == []
     node.advance(rd)
     assert (node.term, node.vote) == (1, NONE)
 
@@ -229,7 +154,7 @@ def test_pre_candidate_changes_nothing_durable_until_pre_vote_wins() -> None:
     rd = node.ready()
     assert state_of(node) == StateType.CANDIDATE
     assert rd.hard_state == HardState(term=2, vote=1, commit=1) and rd.must_sync
-    assert sorted(m.to for m in replies(rd.messages, MessageType.VOTE)) == [2, 3]
+    assert sorted(m.to for m in of_type(rd.messages, MessageType.VOTE)) == [2, 3]
 
 
 def test_cluster_persists_term_and_vote_before_any_vote_message_leaves() -> None:
@@ -237,9 +162,8 @@ def test_cluster_persists_term_and_vote_before_any_vote_message_leaves() -> None
     VOTE_RESP leaves only after its sender's storage holds the matching term and vote."""
     c = Cluster(range(1, 6), seed=11, opts=NodeOptions(pre_vote=False))
     checked: list[MessageType] = []
-    original = c.net.send
 
-    def send(m: Message) -> bool:
+    def check(m: Message) -> None:
         hs = c.nodes[m.frm].storage.hard_state
         if m.type == MessageType.VOTE:
             assert (hs.term, hs.vote) == (m.term, m.frm)
@@ -247,9 +171,8 @@ def test_cluster_persists_term_and_vote_before_any_vote_message_leaves() -> None
         elif m.type == MessageType.VOTE_RESP and not m.reject:
             assert (hs.term, hs.vote) == (m.term, m.to)
             checked.append(m.type)
-        return original(m)
 
-    c.net.send = send  # type: ignore[method-assign]
+    on_send(c, check)
     for _ in range(3):
         assert c.run_until(lambda: c.leader() is not None, max_ticks=10 * ET)
         lead = c.leader()
@@ -515,7 +438,7 @@ def test_new_leader_first_appends_an_empty_entry_of_its_own_term() -> None:
     rd = n1.ready()
     assert rd.soft_state is not None and rd.soft_state.state == StateType.LEADER
     assert rd.entries == [Entry(term=4, index=4, type=EntryType.NORMAL, data=b"")]
-    apps = replies(rd.messages, MessageType.APP)
+    apps = of_type(rd.messages, MessageType.APP)
     assert sorted(m.to for m in apps) == [2, 3]
     for m in apps:
         assert (m.index, m.log_term, m.commit) == (3, 2, 1)

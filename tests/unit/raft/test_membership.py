@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from cluster.raft import (
     ConfChange,
     ConfChangeType,
-    Message,
     MessageType,
     ProposalDropped,
     StateType,
 )
+from tests.unit.raft import helpers
+from tests.unit.raft.helpers import of_type, record_sent
 from tests.unit.raft.sim import Cluster, NetworkFaults, NodeOptions
 
 ELECTION_TICK = 10
@@ -23,26 +26,7 @@ REMOVE = ConfChangeType.REMOVE_NODE
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-def cluster(size: int = 3, leader: int = 1, seed: int = 5, **opts: object) -> Cluster:
-    """A ``size``-node cluster with ``leader`` elected and everything applied."""
-    options = NodeOptions(election_tick=ELECTION_TICK, **opts)  # type: ignore[arg-type]
-    c = Cluster(range(1, size + 1), seed=seed, opts=options)
-    c.elect(leader)
-    assert c.leader() == leader
-    return c
-
-
-def record_sent(c: Cluster) -> list[Message]:
-    """Record every message the nodes hand to the network (including ones it then drops)."""
-    sent: list[Message] = []
-    original = c.net.send
-
-    def send(m: Message) -> bool:
-        sent.append(m)
-        return original(m)
-
-    c.net.send = send  # type: ignore[method-assign]
-    return sent
+cluster = functools.partial(helpers.cluster, seed=5, election_tick=ELECTION_TICK)
 
 
 def change(c: Cluster, leader: int, kind: ConfChangeType, node_id: int) -> None:
@@ -130,7 +114,7 @@ def test_learner_catches_up_by_snapshot() -> None:
     assert c.nodes[1].storage.first_index() > 1
     sent = record_sent(c)
     add_learner(c, 1, 4)
-    snaps = [m for m in sent if m.type == MessageType.SNAP and m.to == 4]
+    snaps = of_type(sent, MessageType.SNAP, 4)
     assert snaps and snaps[0].snapshot is not None
     assert c.nodes[4].storage.snapshot().metadata.index >= snaps[0].snapshot.metadata.index
     assert c.raft(4).is_learner

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from cluster.raft import (
-    ConfChange,
-    ConfChangeType,
     Message,
     MessageType,
     ProposalDropped,
@@ -14,35 +14,14 @@ from cluster.raft import (
     ReadState,
     StateType,
 )
+from tests.unit.raft import helpers
+from tests.unit.raft.helpers import join_as_learner, of_type, record_sent
 from tests.unit.raft.sim import Cluster, NodeOptions
-
 
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-def cluster(size: int = 3, leader: int = 1, **opts: object) -> Cluster:
-    """A ``size``-node cluster with ``leader`` elected and everything committed and applied."""
-    c = Cluster(range(1, size + 1), seed=7, opts=NodeOptions(**opts))  # type: ignore[arg-type]
-    c.elect(leader)
-    assert c.leader() == leader
-    return c
-
-
-def record_sent(c: Cluster) -> list[Message]:
-    """Record every message the nodes hand to the network (including ones it then drops)."""
-    sent: list[Message] = []
-    original = c.net.send
-
-    def send(m: Message) -> bool:
-        sent.append(m)
-        return original(m)
-
-    c.net.send = send  # type: ignore[method-assign]
-    return sent
-
-
-def of_type(msgs: list[Message], kind: MessageType) -> list[Message]:
-    return [m for m in msgs if m.type == kind]
+cluster = functools.partial(helpers.cluster, seed=7)
 
 
 def heartbeat_resp(c: Cluster, frm: int, to: int, ctx: bytes) -> None:
@@ -195,11 +174,7 @@ def test_minority_follower_and_leader_reads_are_never_answered() -> None:
 def test_learner_acks_do_not_count_but_learner_reads_are_served() -> None:
     """Heartbeat acks from a learner are not part of the quorum; a learner's own read works."""
     c = cluster(size=3)
-    c.add_empty_node(4)
-    c.propose_conf_change(1, ConfChange(ConfChangeType.ADD_LEARNER_NODE, 4))
-    c.stabilize()
-    c.tick(3)
-    assert c.raft(4).is_learner
+    join_as_learner(c, 1, 4)
     commit = c.raft(1).log.committed
 
     c.net.drop_types = {MessageType.HEARTBEAT}
@@ -241,11 +216,7 @@ def test_single_voter_answers_a_learners_forwarded_read() -> None:
     """A lone voter with a learner answers the learner's read at once with READ_INDEX_RESP."""
     c = Cluster([1], seed=1)
     c.elect(1)
-    c.add_empty_node(2)
-    c.propose_conf_change(1, ConfChange(ConfChangeType.ADD_LEARNER_NODE, 2))
-    c.stabilize()
-    c.tick(3)
-    assert c.raft(2).is_learner
+    join_as_learner(c, 1, 2)
     commit = c.raft(1).log.committed
     sent = record_sent(c)
     c.read_index(2, b"l")

@@ -8,137 +8,40 @@ indexes, terms, progress states and message contents.
 from __future__ import annotations
 
 import dataclasses
-import random
-from collections import deque
-from collections.abc import Callable, Sequence
 
 import pytest
 
 from cluster.raft import (
-    NONE,
-    Config,
-    ConfState,
-    Entry,
-    HardState,
-    MemoryStorage,
     Message,
     MessageType,
     ProgressState,
     ProposalDropped,
     RaftNode,
-    Snapshot,
-    SnapshotMetadata,
     StateType,
 )
 
+from .helpers import (
+    ET,
+    deliver,
+    drain,
+    heartbeat,
+    new_node,
+    of_type,
+    reboot,
+    record_sent,
+    run_rounds,
+)
 from .sim import Cluster, NetworkFaults, NodeOptions
-
-ET = 10
 
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
 
 
-def new_node(
-    node_id: int,
-    voters: Sequence[int],
-    log_terms: Sequence[int] = (),
-    *,
-    term: int | None = None,
-    max_inflight: int = 2,
-    max_size_per_msg: int | None = 1 << 20,
-) -> RaftNode:
-    """A node (no PreVote, no CheckQuorum) whose storage holds a snapshot at index 1
-    (term 1, config ``voters``) followed by entries 2, 3, ... of the given terms."""
-    storage = MemoryStorage()
-    storage.apply_snapshot(Snapshot(SnapshotMetadata(1, 1, ConfState(frozenset(voters)))))
-    storage.append([Entry(t, i + 2, data=b"e%d" % (i + 2)) for i, t in enumerate(log_terms)])
-    storage.set_hard_state(HardState(max([1, *log_terms]) if term is None else term, NONE, 1))
-    cfg = Config(
-        id=node_id,
-        rng=random.Random(node_id),
-        election_tick=ET,
-        applied=1,
-        pre_vote=False,
-        check_quorum=False,
-        max_inflight_msgs=max_inflight,
-        max_size_per_msg=max_size_per_msg,
-    )
-    return RaftNode(cfg, storage)
-
-
-def reboot(node: RaftNode) -> RaftNode:
-    """The same member restarted from its storage (unpersisted state is lost)."""
-    cfg = Config(
-        id=node.id,
-        rng=random.Random(node.id),
-        election_tick=ET,
-        applied=1,
-        pre_vote=False,
-        check_quorum=False,
-        max_inflight_msgs=node.trk.max_inflight,
-        max_size_per_msg=node.max_size_per_msg,
-    )
-    return RaftNode(cfg, node.log.storage)
-
-
-def drain(node: RaftNode) -> list[Message]:
-    """Run the node's Ready loop like a driver (persist, send, advance); return what it sent."""
-    out: list[Message] = []
-    storage = node.log.storage
-    while node.has_ready():
-        rd = node.ready()
-        if rd.snapshot is not None:
-            storage.apply_snapshot(rd.snapshot)
-        storage.append(rd.entries)
-        if rd.hard_state is not None:
-            storage.set_hard_state(rd.hard_state)
-        out.extend(rd.messages)
-        node.advance(rd)
-    return out
-
-
-def deliver(
-    nodes: dict[int, RaftNode],
-    msgs: list[Message],
-    allow: Callable[[Message], bool] = lambda m: True,
-) -> list[Message]:
-    """Deliver ``msgs`` and every reply they cause until quiet; return the messages dropped."""
-    dropped: list[Message] = []
-    queue = deque(msgs)
-    while queue:
-        m = queue.popleft()
-        if m.to not in nodes or not allow(m):
-            dropped.append(m)
-            continue
-        target = nodes[m.to]
-        target.step(dataclasses.replace(m, entries=[dataclasses.replace(e) for e in m.entries]))
-        queue.extend(drain(target))
-    return dropped
-
-
 def log_of(node: RaftNode) -> list[tuple[int, int, bytes]]:
     """(index, term, data) of every entry after the snapshot."""
     log = node.log
     return [(e.index, e.term, e.data) for e in log.slice(log.first_index(), log.last_index() + 1)]
-
-
-def record_sends(c: Cluster) -> list[Message]:
-    """Every message any node hands to the simulated network from now on."""
-    sent: list[Message] = []
-    original = c.net.send
-
-    def send(m: Message) -> bool:
-        sent.append(m)
-        return original(m)
-
-    c.net.send = send  # type: ignore[method-assign]
-    return sent
-
-
-def apps_to(msgs: list[Message], to: int) -> list[Message]:
-    return [m for m in msgs if m.type == MessageType.APP and m.to == to]
 
 
 def elect_directly(nodes: dict[int, RaftNode], leader: int) -> None:
@@ -222,7 +125,7 @@ def test_batched_proposal_travels_in_one_append_per_follower() -> None:
     leader.propose_batch(items)
     rd = leader.ready()
     for to in (2, 3):
-        (app,) = apps_to(rd.messages, to)
+        (app,) = of_type(rd.messages, MessageType.APP, to)
         assert [e.index for e in app.entries] == list(range(first, first + 50))
         assert [e.data for e in app.entries] == items
     assert len(rd.messages) == 2
@@ -233,15 +136,15 @@ def test_proposals_queued_behind_a_full_window_leave_in_one_append() -> None:
     sent to each follower as a single APP once that append is acknowledged."""
     c = Cluster((1, 2, 3), seed=2, opts=NodeOptions(max_inflight=1))
     c.elect(1)
-    sent = record_sends(c)
+    sent = record_sent(c)
     c.propose(1, b"first")
     for i in range(30):
         c.propose(1, b"q%02d" % i)
-    assert [len(m.entries) for m in apps_to(sent, 2)] == [1]
+    assert [len(m.entries) for m in of_type(sent, MessageType.APP, 2)] == [1]
     sent.clear()
     c.stabilize()
     for to in (2, 3):
-        carrying = [m for m in apps_to(sent, to) if m.entries]
+        carrying = [m for m in of_type(sent, MessageType.APP, to) if m.entries]
         assert [len(m.entries) for m in carrying] == [30]
     assert c.applied_values(3) == [b"first"] + [b"q%02d" % i for i in range(30)]
 
@@ -251,11 +154,11 @@ def test_max_size_per_msg_splits_appends() -> None:
     still travels, alone), and the split stream arrives complete and in order."""
     c = Cluster((1, 2, 3), seed=3, opts=NodeOptions(max_size_per_msg=10, max_inflight=64))
     c.elect(1)
-    sent = record_sends(c)
+    sent = record_sent(c)
     items = [b"abcd"] * 9 + [b"x" * 25] + [b"wxyz"] * 3
     c.raft(1).propose_batch(items)
     c.stabilize()
-    carrying = [m for m in apps_to(sent, 2) if m.entries]
+    carrying = [m for m in of_type(sent, MessageType.APP, 2) if m.entries]
     sizes = [[len(e.data) for e in m.entries] for m in carrying]
     assert sizes == [[4, 4]] * 4 + [[4], [25], [4, 4], [4]]
     assert c.applied_values(2) == items
@@ -281,11 +184,11 @@ def test_inflight_window_bounds_unacked_appends(window: int) -> None:
     for i in range(6):
         leader.propose(b"p%d" % i)
         msgs += drain(leader)
-    to2 = apps_to(msgs, 2)
+    to2 = of_type(msgs, MessageType.APP, 2)
     assert [[e.index for e in m.entries] for m in to2] == [[base + k + 1] for k in range(window)]
     assert len(pr.inflights) == window and pr.is_paused()
     leader.tick()  # a heartbeat is not an append: still nothing new
-    assert apps_to(drain(leader), 2) == []
+    assert of_type(drain(leader), MessageType.APP, 2) == []
 
     # Follower 2 acks everything it got; hold node 3 back entirely.
     acks = deliver(nodes, to2, allow=lambda m: m.to == 2)
@@ -294,7 +197,7 @@ def test_inflight_window_bounds_unacked_appends(window: int) -> None:
     ]
     first_ack, *rest = acks
     leader.step(first_ack)
-    (resumed,) = apps_to(drain(leader), 2)
+    (resumed,) = of_type(drain(leader), MessageType.APP, 2)
     assert [e.index for e in resumed.entries] == list(range(base + window + 1, base + 7))
     assert len(pr.inflights) == window  # the freed slot is taken again at once
     for ack in rest:
@@ -336,7 +239,7 @@ def test_election_repairs_divergent_tail_with_a_single_rejection(tail: int) -> N
     (rej,) = rejections
     assert rej.index == 106
     assert (rej.reject_hint, rej.log_term) == (min(106, 6 + tail), 3 if tail else 2)
-    to2 = [m for m in apps_to(seen, 2) if m.entries]
+    to2 = [m for m in of_type(seen, MessageType.APP, 2) if m.entries]
     assert len(to2) == 2
     assert (to2[1].index, to2[1].log_term) == (6, 2)
     assert [e.index for e in to2[1].entries] == list(range(7, 108))
@@ -364,20 +267,16 @@ def test_restarted_follower_is_probed_then_replicated() -> None:
     assert pr.match == match_before
 
     c.restart(3)
-    sent = record_sends(c)
-    states: list[ProgressState] = []
-    leader.tick()  # heartbeat -> response frees a slot -> append
-    c.process(c.nodes[1])
-    while c.net.pending():
-        c.deliver_round()
-        states.append(pr.state)
+    sent = record_sent(c)
+    heartbeat(c, 1)  # heartbeat -> response frees a slot -> append
+    states = run_rounds(c, 1, 3)
     assert ProgressState.PROBE in states
     assert states[-1] == ProgressState.REPLICATE
     assert states.index(ProgressState.PROBE) < len(states) - 1
 
     rejects = [m for m in sent if m.type == MessageType.APP_RESP and m.frm == 3 and m.reject]
     assert len(rejects) == 1
-    probe = apps_to(sent, 3)[1]  # the append sent right after the rejection
+    probe = of_type(sent, MessageType.APP, 3)[1]  # the append sent right after the rejection
     assert probe.index == match_before
     assert pr.match == leader.log.last_index()
     assert c.applied_values(3) == [b"a", b"b", b"c", b"d", b"e"]
@@ -492,7 +391,7 @@ def test_duplicated_and_stale_appends_do_not_truncate_the_log() -> None:
     elect_directly(nodes, 1)
     leader, follower = nodes[1], nodes[2]
     leader.propose(b"x")
-    old = apps_to(drain(leader), 2)
+    old = of_type(drain(leader), MessageType.APP, 2)
     deliver(nodes, old)
     leader.propose_batch([b"y", b"z"])
     deliver(nodes, drain(leader))
@@ -536,13 +435,13 @@ def test_appends_or_acks_lost_by_type_are_recovered(lost: MessageType) -> None:
     c.elect(1)
     committed = c.raft(1).log.committed
     c.net.drop_types = {lost}
-    sent = record_sends(c)
+    sent = record_sent(c)
     values = [b"d%d" % k for k in range(5)]
     for v in values:
         c.propose(1, v)
     c.tick(5)
     assert c.raft(1).log.committed == committed
-    assert len(apps_to(sent, 2)) > 2  # kept sending past the in-flight window
+    assert len(of_type(sent, MessageType.APP, 2)) > 2  # kept sending past the in-flight window
     assert c.raft(1).state == StateType.LEADER
     c.net.drop_types = set()
     sent.clear()

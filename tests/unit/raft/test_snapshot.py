@@ -26,9 +26,11 @@ from cluster.raft import (
 )
 from cluster.raft.errors import SnapshotOutOfDateError
 
+from .helpers import heartbeat, on_send, run_rounds
 from .sim import Cluster, NodeOptions, StateMachine
 
 SNAP_OPTS = NodeOptions(snapshot_every=5, keep_after_snapshot=0)
+VOTERS = ConfState(frozenset({1, 2, 3}))
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -38,40 +40,30 @@ SNAP_OPTS = NodeOptions(snapshot_every=5, keep_after_snapshot=0)
 Sent = list[tuple[Message, ProgressState | None]]
 
 
-def record_sends(c: Cluster) -> Sent:
+def record_with_progress(c: Cluster) -> Sent:
     """Every message handed to the network from now on, with the sender's progress
     state for the receiver at that moment (None if the sender is not leading)."""
     sent: Sent = []
-    original = c.net.send
 
-    def send(m: Message) -> bool:
+    def note(m: Message) -> None:
         pr = c.raft(m.frm).trk.progress.get(m.to) if c.leader() == m.frm else None
         sent.append((m, pr.state if pr is not None else None))
-        return original(m)
 
-    c.net.send = send  # type: ignore[method-assign]
+    on_send(c, note)
     return sent
 
 
-def of_type(sent: Sent, kind: MessageType, to: int) -> Sent:
+def sent_of(sent: Sent, kind: MessageType, to: int) -> Sent:
     return [(m, st) for m, st in sent if m.type == kind and m.to == to]
 
 
-def run_rounds(c: Cluster, leader: int, follower: int) -> list[ProgressState]:
-    """Deliver until quiet, returning the leader's progress state for ``follower``
-    after every delivery round."""
-    pr = c.raft(leader).trk.progress[follower]
-    states = []
-    while c.net.pending():
-        c.deliver_round()
-        states.append(pr.state)
-    return states
-
-
-def heartbeat(c: Cluster, leader: int) -> None:
-    """One leader tick (a heartbeat) without the other nodes' clocks moving."""
-    c.raft(leader).tick()
-    c.process(c.nodes[leader])
+def follower_with_log() -> RaftNode:
+    """Node 2 of ``VOTERS``: a snapshot at index 1, entries 2..10 of term 2, commit 3."""
+    storage = MemoryStorage()
+    storage.apply_snapshot(Snapshot(SnapshotMetadata(1, 1, VOTERS)))
+    storage.append([Entry(2, i) for i in range(2, 11)])
+    storage.set_hard_state(HardState(2, NONE, 3))
+    return RaftNode(Config(id=2, rng=random.Random(2), applied=1), storage)
 
 
 def compacted_cluster(values: list[bytes], ticks_while_down: int = 0) -> Cluster:
@@ -107,11 +99,11 @@ def test_lagging_follower_installs_snapshot_then_continues_with_appends(
     values = [b"v%02d" % i for i in range(20)]
     c = compacted_cluster(values, ticks_while_down)
     c.restart(3)
-    sent = record_sends(c)
+    sent = record_with_progress(c)
     heartbeat(c, 1)
     states = run_rounds(c, 1, 3)
 
-    snaps = of_type(sent, MessageType.SNAP, 3)
+    snaps = sent_of(sent, MessageType.SNAP, 3)
     assert len(snaps) == 1
     snap_msg, state_at_send = snaps[0]
     assert state_at_send == ProgressState.SNAPSHOT
@@ -130,15 +122,15 @@ def test_lagging_follower_installs_snapshot_then_continues_with_appends(
     assert states[-1] == ProgressState.REPLICATE
     assert states.index(ProgressState.SNAPSHOT) < len(states) - 1
     assert (pr.match, pr.pending_snapshot) == (c.raft(1).log.last_index(), 0)
-    assert all(st != ProgressState.SNAPSHOT for _, st in of_type(sent, MessageType.APP, 3))
+    assert all(st != ProgressState.SNAPSHOT for _, st in sent_of(sent, MessageType.APP, 3))
 
     sent.clear()
     more = [b"after1", b"after2"]
     for v in more:
         c.propose(1, v)
     c.stabilize()
-    assert of_type(sent, MessageType.SNAP, 3) == []
-    carried = [e.data for m, _ in of_type(sent, MessageType.APP, 3) for e in m.entries]
+    assert sent_of(sent, MessageType.SNAP, 3) == []
+    carried = [e.data for m, _ in sent_of(sent, MessageType.APP, 3) for e in m.entries]
     assert carried == more
     assert c.applied_values(3) == values + more
 
@@ -151,31 +143,31 @@ def test_failed_snapshot_send_makes_leader_probe_and_retry() -> None:
     c = compacted_cluster(values)
     c.restart(3)
     c.net.drop_types = {MessageType.SNAP}
-    sent = record_sends(c)
+    sent = record_with_progress(c)
     pr = c.raft(1).trk.progress[3]
 
     heartbeat(c, 1)
     c.deliver_round()  # node 3 answers the heartbeat
     c.deliver_round()  # leader sends a SNAP; the transport reports it failed
-    assert len(of_type(sent, MessageType.SNAP, 3)) == 1
-    assert of_type(sent, MessageType.SNAP, 3)[0][1] == ProgressState.SNAPSHOT
+    assert len(sent_of(sent, MessageType.SNAP, 3)) == 1
+    assert sent_of(sent, MessageType.SNAP, 3)[0][1] == ProgressState.SNAPSHOT
     assert pr.state == ProgressState.PROBE
     assert pr.pending_snapshot == 0
     assert pr.next == pr.match + 1
     assert pr.is_paused()
     c.stabilize()
-    assert len(of_type(sent, MessageType.SNAP, 3)) == 1  # paused: no retry without a heartbeat
+    assert len(sent_of(sent, MessageType.SNAP, 3)) == 1  # paused: no retry without a heartbeat
 
     heartbeat(c, 1)
     c.stabilize()
-    assert len(of_type(sent, MessageType.SNAP, 3)) == 2  # retried
+    assert len(sent_of(sent, MessageType.SNAP, 3)) == 2  # retried
     assert pr.state == ProgressState.PROBE
     assert c.nodes[3].storage.snapshot().is_empty()
 
     c.net.drop_types = set()
     heartbeat(c, 1)
     c.stabilize()
-    assert len(of_type(sent, MessageType.SNAP, 3)) == 3
+    assert len(sent_of(sent, MessageType.SNAP, 3)) == 3
     assert c.raft(1).trk.progress[3].state == ProgressState.REPLICATE
     assert c.applied_values(3) == values
 
@@ -195,15 +187,10 @@ def test_snapshot_covering_entries_the_follower_has_only_advances_commit() -> No
     """A SNAP whose (index, term) the follower already holds is not installed; it
     just commits up to the snapshot and acks that index. A SNAP at or below the
     commit index is ignored and acked with the commit index."""
-    storage = MemoryStorage()
-    cs = ConfState(frozenset({1, 2, 3}))
-    storage.apply_snapshot(Snapshot(SnapshotMetadata(1, 1, cs)))
-    storage.append([Entry(2, i) for i in range(2, 11)])
-    storage.set_hard_state(HardState(2, NONE, 3))
-    node = RaftNode(Config(id=2, rng=random.Random(2), applied=1), storage)
+    node = follower_with_log()
     assert node.log.committed == 3
 
-    snap = Snapshot(SnapshotMetadata(8, 2, cs), b"state")
+    snap = Snapshot(SnapshotMetadata(8, 2, VOTERS), b"state")
     node.step(Message(MessageType.SNAP, to=2, frm=1, term=2, snapshot=snap))
     rd = node.ready()
     assert rd.snapshot is None
@@ -212,7 +199,7 @@ def test_snapshot_covering_entries_the_follower_has_only_advances_commit() -> No
     assert [e.index for e in rd.committed_entries] == list(range(2, 9))
     node.advance(rd)
 
-    old = Snapshot(SnapshotMetadata(5, 2, cs), b"old")
+    old = Snapshot(SnapshotMetadata(5, 2, VOTERS), b"old")
     node.step(Message(MessageType.SNAP, to=2, frm=1, term=2, snapshot=old))
     rd = node.ready()
     assert rd.snapshot is None
@@ -223,22 +210,17 @@ def test_snapshot_replaces_a_conflicting_log() -> None:
     """A follower whose entry at the snapshot index has another term discards its
     log: the Ready carries the snapshot and no committed entries, and afterwards
     its log starts right after the snapshot."""
-    storage = MemoryStorage()
-    cs = ConfState(frozenset({1, 2, 3}))
-    storage.apply_snapshot(Snapshot(SnapshotMetadata(1, 1, cs)))
-    storage.append([Entry(2, i) for i in range(2, 11)])
-    storage.set_hard_state(HardState(2, NONE, 3))
-    node = RaftNode(Config(id=2, rng=random.Random(2), applied=1), storage)
+    node = follower_with_log()
 
-    snap = Snapshot(SnapshotMetadata(20, 3, cs), b"state")
+    snap = Snapshot(SnapshotMetadata(20, 3, VOTERS), b"state")
     node.step(Message(MessageType.SNAP, to=2, frm=1, term=3, snapshot=snap))
     rd = node.ready()
     assert rd.snapshot == snap
     assert rd.committed_entries == []
     assert rd.hard_state == HardState(3, NONE, 20)
     assert [(m.type, m.index) for m in rd.messages] == [(MessageType.APP_RESP, 20)]
-    storage.apply_snapshot(rd.snapshot)
-    storage.set_hard_state(rd.hard_state)
+    node.log.storage.apply_snapshot(rd.snapshot)
+    node.log.storage.set_hard_state(rd.hard_state)
     node.advance(rd)
     assert (node.log.first_index(), node.log.last_index(), node.log.applied) == (21, 20, 20)
     assert node.log.term(20) == 3

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from cluster.raft import (
     NONE,
-    ConfChange,
-    ConfChangeType,
     Message,
     MessageType,
     ProposalDropped,
     StateType,
 )
 from cluster.raft.node import CAMPAIGN_TRANSFER
-from tests.unit.raft.sim import Cluster, NodeOptions
+from tests.unit.raft import helpers
+from tests.unit.raft.helpers import join_as_learner, of_type, record_sent
+from tests.unit.raft.sim import Cluster
 
 ELECTION_TICK = 10
 
@@ -22,30 +24,7 @@ ELECTION_TICK = 10
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-def cluster(size: int = 3, leader: int = 1, snapshot_every: int | None = None) -> Cluster:
-    """A ``size``-node cluster with ``leader`` elected and everything applied."""
-    opts = NodeOptions(election_tick=ELECTION_TICK, snapshot_every=snapshot_every)
-    c = Cluster(range(1, size + 1), seed=11, opts=opts)
-    c.elect(leader)
-    assert c.leader() == leader
-    return c
-
-
-def record_sent(c: Cluster) -> list[Message]:
-    """Record every message the nodes hand to the network (including ones it then drops)."""
-    sent: list[Message] = []
-    original = c.net.send
-
-    def send(m: Message) -> bool:
-        sent.append(m)
-        return original(m)
-
-    c.net.send = send  # type: ignore[method-assign]
-    return sent
-
-
-def of_type(msgs: list[Message], kind: MessageType) -> list[Message]:
-    return [m for m in msgs if m.type == kind]
+cluster = functools.partial(helpers.cluster, seed=11, election_tick=ELECTION_TICK)
 
 
 def assert_single_leader(c: Cluster, leader: int, term: int) -> None:
@@ -117,7 +96,7 @@ def test_transfer_to_lagging_follower_catches_it_up_first(by_snapshot: bool) -> 
         if m.type == MessageType.APP_RESP and m.frm == 3 and m.index == last and not m.reject
     ]
     assert acks and acks[0] < timeout_now[0]
-    snaps = [m for m in sent if m.type == MessageType.SNAP and m.to == 3]
+    snaps = of_type(sent, MessageType.SNAP, 3)
     assert bool(snaps) == by_snapshot
     assert c.applied_values(3)[-5:] == [b"v%d" % i for i in range(5)]
 
@@ -164,12 +143,8 @@ def test_unfinished_transfer_is_aborted_after_election_timeout() -> None:
 def test_transfer_to_learner_is_ignored() -> None:
     """Neither the leader nor a TIMEOUT_NOW can make a learner campaign."""
     c = cluster()
-    c.add_empty_node(4)
-    c.propose_conf_change(1, ConfChange(ConfChangeType.ADD_LEARNER_NODE, 4))
-    c.stabilize()
-    c.tick(3)
+    join_as_learner(c, 1, 4)
     learner = c.raft(4)
-    assert learner.is_learner
     assert c.raft(1).trk.progress[4].match == c.raft(1).log.last_index()
     term = c.raft(1).term
 
@@ -189,29 +164,19 @@ def test_transfer_to_learner_is_ignored() -> None:
     assert b"not-blocked" in c.applied_values(4)
 
 
-def test_follower_transfer_request_for_itself_is_forwarded() -> None:
-    """A follower asking to lead forwards TRANSFER_LEADER to the leader and then takes over."""
+@pytest.mark.parametrize("target", [2, 3])
+def test_follower_forwards_transfer_request_to_the_leader(target: int) -> None:
+    """A transfer requested on follower 2 (for itself or for node 3) is forwarded to the
+    leader as TRANSFER_LEADER naming the target (``frm``); the target then takes over."""
     c = cluster()
     term = c.raft(1).term
     sent = record_sent(c)
-    c.transfer_leader(2, 2)
+    c.transfer_leader(2, target)
     fwd = of_type(sent, MessageType.TRANSFER_LEADER)
-    assert [(m.frm, m.to) for m in fwd] == [(2, 1)]
+    assert [(m.frm, m.to) for m in fwd] == [(target, 1)]
     c.stabilize()
-    assert_single_leader(c, leader=2, term=term + 1)
-
-
-def test_follower_forwards_transfer_to_another_node() -> None:
-    """A transfer requested on follower 2 for node 3 makes node 3 the leader."""
-    c = cluster()
-    term = c.raft(1).term
-    sent = record_sent(c)
-    c.transfer_leader(2, 3)
-    fwd = of_type(sent, MessageType.TRANSFER_LEADER)
-    assert [m.to for m in fwd] == [1]
-    c.stabilize()
-    assert [m.to for m in of_type(sent, MessageType.TIMEOUT_NOW)] == [3]
-    assert_single_leader(c, leader=3, term=term + 1)
+    assert [m.to for m in of_type(sent, MessageType.TIMEOUT_NOW)] == [target]
+    assert_single_leader(c, leader=target, term=term + 1)
 
 
 def test_transfer_to_self_or_unknown_node_is_ignored() -> None:
