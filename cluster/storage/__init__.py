@@ -1,0 +1,1 @@
+"""A member's durable state: the WAL, snapshot files and the LMDB backend."""

@@ -1,0 +1,514 @@
+"""The member's backend: one LMDB environment, etcd's bbolt equivalent.
+
+``<data-dir>/member/snap/db`` holds named databases ("buckets", etcd's names)
+for MVCC revisions, metadata, leases, auth and membership. Applied entries are
+written through one long-lived ``BatchTx``: many writes accumulate in a single
+LMDB write transaction, committed when ``commit_if_due`` finds enough writes
+or enough time since the last commit (etcd's batch limit / interval), so the
+fsync cost is shared. The consistent index (last applied raft index and its
+term) is written in the same transaction as the data it describes: after a
+crash the two always agree, and restart replays exactly the WAL entries after
+it.
+
+LMDB write transactions belong to the thread that began them: the member
+drives the batch (puts, commits) from one thread at a time. Reads of
+committed data (``read_txn``) may come from any thread.
+
+A follower too far behind gets the whole database: ``snapshot_chunks`` streams
+a consistent, compacted copy framed as ``kind (1 byte) + payload`` chunks and
+a final trailer with the SHA-256 and length of the data; ``install_snapshot``
+writes it beside the db, verifies it, and renames it over the db.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import struct
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO
+
+import lmdb
+
+from .codec import (
+    CodecError,
+    decode_index_term,
+    decode_member_ids,
+    encode_index_term,
+    encode_member_ids,
+)
+from .fs import FileSystem, OsFileSystem
+
+DEFAULT_QUOTA_BYTES = 2 * 1024 * 1024 * 1024  # etcd's --quota-backend-bytes default
+DEFAULT_BATCH_LIMIT = 10000
+DEFAULT_BATCH_INTERVAL = 0.1  # seconds
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+
+CONSISTENT_INDEX_KEY = b"consistent_index"
+MEMBER_IDS_KEY = b"member_ids"
+
+CHUNK_DATA = 0x01
+CHUNK_TRAILER = 0x02
+_TRAILER = struct.Struct(">32sQ")  # sha256 of all data payloads, their total length
+
+_MAX_DBS = 32  # room for buckets added later without reopening differently
+
+
+class BackendError(Exception):
+    pass
+
+
+class BackendQuotaError(BackendError):
+    """The database reached its size limit; the uncommitted batch was discarded."""
+
+    def __init__(self, lost_writes: int) -> None:
+        super().__init__("etcdserver: mvcc: database space exceeded")
+        self.lost_writes = lost_writes
+
+
+class DataDirMismatchError(BackendError):
+    """The data dir was written by another member or cluster."""
+
+
+class SnapshotStreamError(BackendError):
+    """A streamed backend snapshot is damaged or incomplete; nothing was installed."""
+
+
+# -- reads --------------------------------------------------------------------
+
+
+def _range(
+    txn: lmdb.Transaction[bytes],
+    db: lmdb._Database,
+    start: bytes,
+    end: bytes | None,
+    limit: int,
+) -> list[tuple[bytes, bytes]]:
+    """Key ``start`` alone (``end`` None), or keys in [start, end) in byte order."""
+    if end is None:
+        value = txn.get(start, db=db)
+        return [] if value is None else [(start, value)]
+    out: list[tuple[bytes, bytes]] = []
+    with txn.cursor(db=db) as cur:
+        if not cur.set_range(start):
+            return out
+        for key, value in cur:
+            if key >= end or (limit > 0 and len(out) >= limit):
+                break
+            out.append((key, value))
+    return out
+
+
+class ReadTxn:
+    """A read-only view of the committed data as of when it began."""
+
+    def __init__(self, txn: lmdb.Transaction[bytes], dbs: dict[str, lmdb._Database]) -> None:
+        self._txn = txn
+        self._dbs = dbs
+
+    def get(self, bucket: str, key: bytes) -> bytes | None:
+        return self._txn.get(key, db=self._dbs[bucket])
+
+    def range(
+        self, bucket: str, start: bytes, end: bytes | None = None, limit: int = 0
+    ) -> list[tuple[bytes, bytes]]:
+        return _range(self._txn, self._dbs[bucket], start, end, limit)
+
+    def consistent_index(self) -> tuple[int, int]:
+        return _decode_consistent_index(self.get("meta", CONSISTENT_INDEX_KEY))
+
+
+def _decode_consistent_index(raw: bytes | None) -> tuple[int, int]:
+    """(index, term); (0, 0) for a backend that has applied nothing."""
+    if raw is None:
+        return 0, 0
+    try:
+        return decode_index_term(raw)
+    except CodecError as exc:
+        raise BackendError(f"backend: bad consistent index in meta: {exc}") from exc
+
+
+# -- the batch ------------------------------------------------------------------
+
+
+class BatchTx:
+    """The backend's single write batch: one LMDB write transaction until ``commit``.
+
+    Reads through it see its own uncommitted writes. It begins lazily at the
+    first write, from the thread that will also commit it.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._txn: lmdb.Transaction[bytes] | None = None
+        self._owner = 0
+        self.pending = 0  # writes since the last commit
+
+    def _write_txn(self) -> lmdb.Transaction[bytes]:
+        txn = self._txn
+        if txn is None:
+            txn = self._txn = self._backend.env.begin(write=True)
+            self._owner = threading.get_ident()
+        elif self._owner != threading.get_ident():
+            raise BackendError("backend: the batch is owned by another thread")
+        return txn
+
+    def _db(self, bucket: str) -> lmdb._Database:
+        return self._backend.dbs[bucket]
+
+    def put(self, bucket: str, key: bytes, value: bytes) -> None:
+        db = self._db(bucket)
+        try:
+            self._write_txn().put(key, value, db=db)
+        except lmdb.MapFullError as exc:
+            raise self._quota_exceeded() from exc
+        self.pending += 1
+
+    def delete(self, bucket: str, key: bytes) -> bool:
+        """Remove ``key``; False if it was absent."""
+        db = self._db(bucket)
+        try:
+            found = self._write_txn().delete(key, db=db)  # may need pages: copy-on-write
+        except lmdb.MapFullError as exc:
+            raise self._quota_exceeded() from exc
+        self.pending += 1
+        return found
+
+    def get(self, bucket: str, key: bytes) -> bytes | None:
+        if self._txn is None:
+            with self._backend.read_txn() as rtx:
+                return rtx.get(bucket, key)
+        return self._write_txn().get(key, db=self._db(bucket))
+
+    def range(
+        self, bucket: str, start: bytes, end: bytes | None = None, limit: int = 0
+    ) -> list[tuple[bytes, bytes]]:
+        if self._txn is None:
+            with self._backend.read_txn() as rtx:
+                return rtx.range(bucket, start, end, limit)
+        return _range(self._write_txn(), self._db(bucket), start, end, limit)
+
+    def consistent_index(self) -> tuple[int, int]:
+        """The consistent index including this batch's uncommitted update."""
+        return _decode_consistent_index(self.get("meta", CONSISTENT_INDEX_KEY))
+
+    def set_consistent_index(self, index: int, term: int) -> None:
+        """Record that everything up to raft ``index`` is in this batch; never goes back."""
+        current, _ = self.consistent_index()
+        if index < current:
+            raise ValueError(f"backend: consistent index {index} is behind {current}")
+        self.put("meta", CONSISTENT_INDEX_KEY, encode_index_term(index, term))
+
+    def commit(self) -> None:
+        """Make every write since the last commit durable (one fsync).
+
+        If it raises, the batch is gone: the data and consistent index on disk
+        are those of the previous commit.
+        """
+        if self._txn is None:
+            return
+        txn = self._write_txn()
+        self._txn = None
+        lost, self.pending = self.pending, 0
+        try:
+            txn.commit()
+        except lmdb.MapFullError as exc:
+            raise BackendQuotaError(lost) from exc
+
+    def abort(self) -> None:
+        """Discard every write since the last commit."""
+        if self._txn is None:
+            return
+        txn = self._write_txn()
+        self._txn = None
+        self.pending = 0
+        txn.abort()
+
+    def _quota_exceeded(self) -> BackendQuotaError:
+        # MDB_MAP_FULL leaves the transaction unusable: the whole batch is lost.
+        lost = self.pending + 1
+        self.abort()
+        return BackendQuotaError(lost)
+
+    @property
+    def active(self) -> bool:
+        return self._txn is not None
+
+
+# -- the backend ------------------------------------------------------------------
+
+
+def _page_rounded(n: int) -> int:
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    return max(page, -(-n // page) * page)
+
+
+def _data_dir_of(db_path: str) -> str:
+    """``<data-dir>`` of ``<data-dir>/member/snap/db``; the db's directory otherwise."""
+    snap_dir = os.path.dirname(os.path.abspath(db_path))
+    member_dir = os.path.dirname(snap_dir)
+    if os.path.basename(snap_dir) == "snap" and os.path.basename(member_dir) == "member":
+        return os.path.dirname(member_dir)
+    return snap_dir
+
+
+class Backend:
+    """The LMDB environment of one member, with its buckets and its write batch."""
+
+    BUCKETS: tuple[str, ...] = (
+        "key",
+        "meta",
+        "lease",
+        "auth",
+        "authUsers",
+        "authRoles",
+        "members",
+        "members_removed",
+        "cluster",
+    )
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        quota_bytes: int = DEFAULT_QUOTA_BYTES,
+        batch_limit: int = DEFAULT_BATCH_LIMIT,
+        batch_interval: float = DEFAULT_BATCH_INTERVAL,
+    ) -> None:
+        self.path = path
+        self.quota_bytes = quota_bytes
+        self.batch_limit = batch_limit
+        self.batch_interval = batch_interval
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        try:
+            self.env = lmdb.open(
+                path,
+                subdir=False,
+                map_size=_page_rounded(quota_bytes),
+                max_dbs=_MAX_DBS,
+                sync=True,
+                metasync=True,
+                lock=True,
+                mode=0o600,
+            )
+        except lmdb.Error as exc:
+            raise BackendError(f"backend: cannot open {path}: {exc}") from exc
+        try:
+            self.dbs = self._open_buckets()
+        except BaseException:
+            self.env.close()
+            raise
+        self._batch = BatchTx(self)
+        self._last_commit: float | None = None
+        self._closed = False
+
+    def _open_buckets(self) -> dict[str, lmdb._Database]:
+        with self.env.begin(write=True) as txn:
+            return {name: self.env.open_db(name.encode(), txn=txn) for name in self.BUCKETS}
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writes --------------------------------------------------------------
+    def batch(self) -> BatchTx:
+        return self._batch
+
+    def commit(self, now: float | None = None) -> None:
+        """Commit the batch now (etcd's ForceCommit); ``now`` restarts the interval."""
+        self._batch.commit()
+        if now is not None:
+            self._last_commit = now
+
+    def commit_if_due(self, now: float) -> bool:
+        """Commit if the batch holds ``batch_limit`` writes or ``batch_interval`` has passed.
+
+        ``now`` is the caller's clock (seconds); the first call only starts
+        the interval. Returns whether it committed.
+        """
+        if self._last_commit is None:
+            self._last_commit = now
+        pending = self._batch.pending
+        if pending == 0 and not self._batch.active:
+            return False
+        if pending < self.batch_limit and now - self._last_commit < self.batch_interval:
+            return False
+        self.commit(now)
+        return True
+
+    # -- reads ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def read_txn(self) -> Iterator[ReadTxn]:
+        """A consistent read-only view of committed data (not the open batch)."""
+        with self.env.begin(write=False) as txn:
+            yield ReadTxn(txn, self.dbs)
+
+    def get(self, bucket: str, key: bytes) -> bytes | None:
+        with self.read_txn() as rtx:
+            return rtx.get(bucket, key)
+
+    def range(
+        self, bucket: str, start: bytes, end: bytes | None = None, limit: int = 0
+    ) -> list[tuple[bytes, bytes]]:
+        """Committed ``(key, value)`` pairs: ``start`` alone, or keys in [start, end)."""
+        with self.read_txn() as rtx:
+            return rtx.range(bucket, start, end, limit)
+
+    def consistent_index(self) -> tuple[int, int]:
+        """The committed (index, term) of the last raft entry applied; (0, 0) if none."""
+        with self.read_txn() as rtx:
+            return rtx.consistent_index()
+
+    # -- member identity ---------------------------------------------------------
+    def member_ids(self) -> tuple[int, int] | None:
+        """(member id, cluster id) stored in meta, or None for a fresh backend."""
+        raw = self.get("meta", MEMBER_IDS_KEY)
+        if raw is None:
+            return None
+        try:
+            return decode_member_ids(raw)
+        except CodecError as exc:
+            raise BackendError(f"backend: bad member ids in meta: {exc}") from exc
+
+    def set_member_ids(self, member_id: int, cluster_id: int) -> None:
+        """Store the ids, committing them (and the pending batch) at once."""
+        self._batch.put("meta", MEMBER_IDS_KEY, encode_member_ids(member_id, cluster_id))
+        self._batch.commit()
+
+    def check_member_ids(self, member_id: int, cluster_id: int) -> None:
+        """Refuse a backend written by another member or cluster; a fresh one passes."""
+        stored = self.member_ids()
+        if stored is None or stored == (member_id, cluster_id):
+            return
+        raise DataDirMismatchError(
+            f"data dir {_data_dir_of(self.path)} belongs to member {stored[0]:x} of cluster "
+            f"{stored[1]:x}, not member {member_id:x} of cluster {cluster_id:x}: "
+            "remove this member and add a fresh one instead of reusing its data dir"
+        )
+
+    # -- size ----------------------------------------------------------------
+    def size_bytes(self) -> int:
+        """Size of the db file on disk (etcd's dbSize)."""
+        return os.stat(self.path).st_size
+
+    def size_in_use_bytes(self) -> int:
+        """Bytes of pages holding data: the file less its free pages (etcd's dbSizeInUse).
+
+        Counts the pages of every bucket and of the main database plus LMDB's
+        two meta pages; pages on LMDB's free list are excluded.
+        """
+        with self.env.begin() as txn:
+            stats = [txn.stat(db) for db in self.dbs.values()]
+            stats.append(txn.stat())
+        pages = 2 + sum(s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"] for s in stats)
+        return pages * stats[0]["psize"]
+
+    # -- snapshot ------------------------------------------------------------------
+    def snapshot_chunks(self, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
+        """A consistent, compacted copy of the committed database as framed chunks.
+
+        The copy is taken now, into an unlinked temp file beside the db (so a
+        crash leaves nothing behind); commit the batch first if its writes
+        must be included. Chunks are ``CHUNK_DATA + payload``, then one
+        ``CHUNK_TRAILER + sha256 + u64 length``.
+        """
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        fd, tmp = tempfile.mkstemp(prefix=".db-snapshot-", dir=os.path.dirname(self.path) or ".")
+        os.unlink(tmp)
+        f = os.fdopen(fd, "w+b")
+        try:
+            self.env.copyfd(fd, compact=True)
+            f.seek(0)
+        except BaseException:
+            f.close()
+            raise
+        return _framed(f, chunk_size)
+
+    def close(self) -> None:
+        """Commit the pending batch (as etcd does on shutdown) and close the environment."""
+        if self._closed:
+            return
+        try:
+            self._batch.commit()
+        finally:
+            self._closed = True
+            self.env.close()
+
+
+def _framed(f: IO[bytes], chunk_size: int) -> Iterator[bytes]:
+    digest = hashlib.sha256()
+    total = 0
+    with f:
+        while payload := f.read(chunk_size):
+            digest.update(payload)
+            total += len(payload)
+            yield bytes([CHUNK_DATA]) + payload
+    yield bytes([CHUNK_TRAILER]) + _TRAILER.pack(digest.digest(), total)
+
+
+# -- install -----------------------------------------------------------------------
+
+
+def install_snapshot(db_path: str, chunks: Iterable[bytes], fs: FileSystem | None = None) -> None:
+    """Replace the db at ``db_path`` with a streamed snapshot, all or nothing.
+
+    The stream goes to ``db_path + ".tmp"``; only when its trailer's checksum
+    and length match is it fsynced and renamed over the db (then the directory
+    is fsynced). Otherwise ``SnapshotStreamError``, and the temp file is
+    removed: the old db is untouched. The backend must be closed meanwhile.
+    """
+    fs = fs or OsFileSystem()
+    tmp = db_path + ".tmp"
+    if fs.exists(tmp):
+        fs.remove(tmp)
+    out = fs.open_append(tmp)
+    try:
+        try:
+            _receive(chunks, out.write)
+            out.sync()
+        finally:
+            out.close()
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.remove(tmp)
+        raise
+    fs.rename(tmp, db_path)
+    fs.sync_dir(os.path.dirname(db_path) or ".")
+
+
+def _receive(chunks: Iterable[bytes], write: Callable[[bytes], None]) -> None:
+    """Write the data payloads of ``chunks``; check the trailer ends the stream and matches."""
+    digest = hashlib.sha256()
+    total = 0
+    trailer: bytes | None = None
+    for n, chunk in enumerate(chunks):
+        if trailer is not None:
+            raise SnapshotStreamError(f"backend snapshot: chunk {n} after the trailer")
+        if not chunk:
+            raise SnapshotStreamError(f"backend snapshot: chunk {n} is empty")
+        kind, payload = chunk[0], chunk[1:]
+        if kind == CHUNK_DATA:
+            digest.update(payload)
+            total += len(payload)
+            write(payload)
+        elif kind == CHUNK_TRAILER:
+            trailer = payload
+        else:
+            raise SnapshotStreamError(f"backend snapshot: chunk {n} has unknown kind {kind}")
+    if trailer is None:
+        raise SnapshotStreamError("backend snapshot: stream ended without its trailer")
+    if len(trailer) != _TRAILER.size:
+        raise SnapshotStreamError(f"backend snapshot: trailer of {len(trailer)} bytes")
+    want_digest, want_total = _TRAILER.unpack(trailer)
+    if total != want_total:
+        raise SnapshotStreamError(
+            f"backend snapshot: {total} bytes received, sender sent {want_total}"
+        )
+    if digest.digest() != want_digest:
+        raise SnapshotStreamError("backend snapshot: sha256 mismatch")
