@@ -52,6 +52,9 @@ class MemberPaths:
 
 @dataclass(frozen=True)
 class Retention:
+    """When to snapshot and what to keep (etcd's --snapshot-count, --max-wals, --max-snapshots)."""
+
+    snapshot_count: int = 10_000
     max_wals: int = 5
     max_snapshots: int = 5
     catch_up_entries: int = CATCH_UP_ENTRIES
@@ -97,6 +100,11 @@ class RaftLogStore:
             self.storage.append(rd.entries)
         if rd.hard_state is not None:
             self.storage.set_hard_state(rd.hard_state)
+
+    def snapshot_due(self, applied: int) -> bool:
+        """Have ``snapshot_count`` entries been applied since the last snapshot?"""
+        last = self.storage.snapshot().metadata.index
+        return applied - last >= self.retention.snapshot_count
 
     def snapshot(self, index: int, conf_state: ConfState, data: bytes = b"") -> Snapshot:
         """Snapshot at applied ``index``; then release what it makes redundant.

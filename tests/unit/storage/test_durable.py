@@ -133,13 +133,18 @@ class _DiskNode:
     def __init__(self, data_dir: str, seed: int) -> None:
         self.data_dir = data_dir
         self.store = open_raft_log(
-            data_dir, MEMBER, CLUSTER, segment_size=4096, retention=Retention(catch_up_entries=3)
+            data_dir,
+            MEMBER,
+            CLUSTER,
+            segment_size=4096,
+            retention=Retention(snapshot_count=25, catch_up_entries=3),
         )
         if self.store.is_new:
             self.store.bootstrap([1])
         snap = self.store.storage.snapshot()
         self.applied: list[bytes] = list(snap.data.split(b",")) if snap.data else []
         self.conf = snap.metadata.conf_state
+        self.snapshots = 0
         cfg = Config(id=1, rng=random.Random(seed), applied=snap.metadata.index)
         self.node = RaftNode(cfg, self.store.storage)
 
@@ -153,9 +158,9 @@ class _DiskNode:
                 elif e.data:
                     self.applied.append(e.data)
             self.node.advance(rd)
-            applied = self.node.log.applied
-            if applied - self.store.storage.snapshot().metadata.index >= 25:
-                self.store.snapshot(applied, self.conf, b",".join(self.applied))
+            if self.store.snapshot_due(self.node.log.applied):
+                self.store.snapshot(self.node.log.applied, self.conf, b",".join(self.applied))
+                self.snapshots += 1
 
 
 def test_a_member_restarted_many_times_keeps_every_acknowledged_write(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -164,7 +169,7 @@ def test_a_member_restarted_many_times_keeps_every_acknowledged_write(tmp_path) 
     rng = random.Random(4)
     acknowledged: list[bytes] = []
     data_dir = str(tmp_path / "m1")
-    counter = 0
+    counter = snapshots = 0
     for restart in range(12):
         member = _DiskNode(data_dir, seed=restart)
         member.drive()  # apply the configuration before campaigning
@@ -177,6 +182,7 @@ def test_a_member_restarted_many_times_keeps_every_acknowledged_write(tmp_path) 
             member.node.propose(b"w%d" % counter)
             member.drive()
         acknowledged = list(member.applied)
+        snapshots += member.snapshots
         member.store.close()
     final = _DiskNode(data_dir, seed=99)
     final.drive()
@@ -184,3 +190,4 @@ def test_a_member_restarted_many_times_keeps_every_acknowledged_write(tmp_path) 
     final.drive()
     assert final.applied == acknowledged
     assert len(acknowledged) == counter
+    assert snapshots >= 5  # recoveries really went through snapshot files
