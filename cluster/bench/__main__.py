@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import raft
+from . import raft, wal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     workloads = parser.add_subparsers(dest="workload", required=True, metavar="WORKLOAD")
     raft.add_parser(workloads)
+    wal.add_parser(workloads)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -149,10 +149,9 @@ def open_raft_log(
     retention = retention or Retention()
     paths = MemberPaths(data_dir)
     fs.makedirs(paths.snap_dir)
-    fs.makedirs(paths.wal_dir)
     snapshotter = Snapshotter(paths.snap_dir, fs)
     storage = MemoryStorage()
-    if not list_segments(fs, paths.wal_dir):
+    if not fs.exists(paths.wal_dir) or not list_segments(fs, paths.wal_dir):
         if member_id is None or cluster_id is None:
             raise ValueError("a new data dir needs a member id and a cluster id")
         wal = WAL.create(paths.wal_dir, encode_member_ids(member_id, cluster_id), fs, segment_size)

@@ -18,6 +18,7 @@ raises ``WALCorruptError`` naming the file and byte offset.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -143,16 +144,24 @@ class WAL:
     ) -> WAL:
         """Start a new WAL in append mode (``directory`` must hold no segments)."""
         fs = fs or OsFileSystem()
-        fs.makedirs(directory)
-        if list_segments(fs, directory):
-            raise WALError(f"wal: {directory} already holds a WAL")
-        wal = cls(fs, directory, segment_size)
+        if fs.exists(directory) and (list_segments(fs, directory) or fs.listdir(directory)):
+            raise WALError(f"wal: {directory} already holds a WAL or other files")
+        # Built aside and renamed into place, so a crash leaves no half-made WAL.
+        tmp_dir = directory.rstrip("/") + ".tmp"
+        if fs.exists(tmp_dir):
+            for name in fs.listdir(tmp_dir):
+                fs.remove(os.path.join(tmp_dir, name))
+        fs.makedirs(tmp_dir)
+        wal = cls(fs, tmp_dir, segment_size)
         wal.metadata = metadata
         wal._reading = False
         wal._open_segment(0, 1, first=True)
         wal.save_snapshot(WalSnapshot())
-        parent = os.path.dirname(os.path.abspath(directory))
-        fs.sync_dir(parent)
+        wal.close()
+        fs.rename(tmp_dir, directory)
+        fs.sync_dir(os.path.dirname(os.path.abspath(directory)))
+        wal.dir = directory
+        wal._file = fs.open_append(os.path.join(directory, wal._segments[-1][2]))
         return wal
 
     @classmethod
@@ -184,10 +193,7 @@ class WAL:
         if not self._reading:
             raise WALError("wal: read_all on a WAL in append mode")
         start = self._start
-        first = 0
-        for i, (_, index, _) in enumerate(self._segments):
-            if index <= start.index + 1:
-                first = i
+        first = self._first_needed(start.index)
         reader = _Replay(start)
         for i in range(first, len(self._segments)):
             name = self._segments[i][2]
@@ -257,7 +263,11 @@ class WAL:
         if hard_state is not None:
             self.hard_state = hard_state
         if self._file.size() >= self.segment_size:
-            self._cut()
+            try:
+                self._cut()
+            except WALWriteError:
+                # The batch is durable; keep appending to this segment and retry later.
+                log.warning("wal: could not start a new segment", exc_info=True)
 
     def save_snapshot(self, snapshot: WalSnapshot) -> None:
         """Record that a snapshot at (index, term) exists; replay can start from it."""
@@ -296,7 +306,12 @@ class WAL:
             raise WALWriteError(f"wal: write failed: {exc}") from exc
 
     def _cut(self) -> None:
-        """Close the full segment and start the next one."""
+        """Close the full segment and start the next one.
+
+        The old segment is synced first: the new one chains from its last CRC,
+        so it must not outlive unsynced records at a power cut.
+        """
+        self.sync()
         seq = self._segments[-1][0] + 1
         self._open_segment(seq, self.last_index + 1, first=False)
 
@@ -320,6 +335,8 @@ class WAL:
             f.sync()
         except OSError as exc:
             f.close()
+            with contextlib.suppress(OSError):
+                self.fs.remove(tmp)
             raise WALWriteError(f"wal: cannot start segment {name}: {exc}") from exc
         f.close()
         self.fs.rename(tmp, path)
@@ -336,10 +353,7 @@ class WAL:
 
         At least ``keep`` segments stay (etcd's ``--max-wals``); returns the removed names.
         """
-        needed = 0
-        for i, (_, first_index, _) in enumerate(self._segments):
-            if first_index <= index + 1:
-                needed = i
+        needed = self._first_needed(index)
         removable = min(needed, max(0, len(self._segments) - keep))
         removed = []
         for _, _, name in self._segments[:removable]:
@@ -349,6 +363,18 @@ class WAL:
             self.fs.sync_dir(self.dir)
             del self._segments[:removable]
         return removed
+
+    def _first_needed(self, snapshot_index: int) -> int:
+        """Position of the segment replay from ``snapshot_index`` starts at.
+
+        The last segment whose first index is at most the snapshot index: its
+        marker may follow it in a later segment, but never precedes it.
+        """
+        first = 0
+        for i, (_, index, _) in enumerate(self._segments):
+            if index <= snapshot_index:
+                first = i
+        return first
 
     def segment_names(self) -> list[str]:
         return [name for _, _, name in self._segments]
@@ -404,8 +430,12 @@ class _Replay:
     @staticmethod
     def _is_torn_tail(data: bytes, offset: int) -> bool:
         """Nothing but zeros from ``offset`` on, or too little left for a header."""
+        if len(data) - offset < _HEADER.size:
+            return True
+        if any(data[offset : offset + _HEADER.size]):
+            return False  # a real header starts here: no need to scan the rest
         rest = data[offset:]
-        return len(rest) < _HEADER.size or rest.count(0) == len(rest)
+        return rest.count(0) == len(rest)
 
     def _check_crc(
         self,
@@ -493,12 +523,15 @@ class _TornRecord(Exception):
 
 
 def _has_zeroed_sector(data: bytes, start: int, end: int) -> bool:
-    """Does the record contain a whole sector-aligned run of zeros (a write that never landed)?"""
+    """Is some sector-aligned piece of the record all zeros (a write that never landed)?
+
+    The record is cut at sector boundaries; the first and last pieces may be
+    partial, as a torn write can stop anywhere (etcd's isTornEntry does the same).
+    """
     at = start
     while at < end:
         boundary = min(end, (at // SECTOR + 1) * SECTOR)
-        chunk = data[at:boundary]
-        if boundary - at == SECTOR and chunk.count(0) == len(chunk):
+        if not any(data[at:boundary]):
             return True
         at = boundary
     return False
