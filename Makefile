@@ -28,6 +28,7 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m cluster.bench raft
+	$(PY) -m cluster.bench wal
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
