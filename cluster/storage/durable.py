@@ -92,7 +92,7 @@ class RaftLogStore:
     def save(self, rd: Ready) -> None:
         """Make ``rd``'s snapshot, entries and hard state durable, then visible to Raft."""
         if rd.snapshot is not None:
-            self._save_snapshot_files(rd.snapshot)
+            self._save_snapshot_files(rd.snapshot, replaces_log=True)
         self.wal.save(rd.hard_state, rd.entries, sync=rd.must_sync or rd.snapshot is not None)
         if rd.snapshot is not None:
             self.storage.apply_snapshot(rd.snapshot)
@@ -121,11 +121,12 @@ class RaftLogStore:
         self.snapshotter.purge(keep=self.retention.max_snapshots)
         return snap
 
-    def _save_snapshot_files(self, snap: Snapshot) -> None:
+    def _save_snapshot_files(self, snap: Snapshot, replaces_log: bool = False) -> None:
         # The file first, then the WAL marker: recovery only trusts snapshots
         # the WAL knows of, so a crash between the two is harmless.
         self.snapshotter.save(snap)
-        self.wal.save_snapshot(WalSnapshot(snap.metadata.index, snap.metadata.term))
+        meta = snap.metadata
+        self.wal.save_snapshot(WalSnapshot(meta.index, meta.term, replaces_log))
 
     def close(self) -> None:
         self.wal.close()

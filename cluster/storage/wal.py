@@ -80,6 +80,10 @@ class WALWriteError(WALError):
 class WalSnapshot:
     index: int = 0
     term: int = 0
+    # True for a snapshot a leader sent: it replaced the whole log, so entries
+    # after its index written before it are stale. A member's own snapshot
+    # leaves the log beyond its index as it was.
+    replaces_log: bool = False
 
 
 @dataclass
@@ -273,9 +277,10 @@ class WAL:
         """Record that a snapshot at (index, term) exists; replay can start from it."""
         if self._reading or self._file is None:
             raise WALError("wal: cannot append in read mode (call read_all first)")
-        record, crc = encode_record(
-            RecordType.SNAPSHOT, encode_index_term(snapshot.index, snapshot.term), self._crc
+        payload = encode_index_term(snapshot.index, snapshot.term) + (
+            b"\x01" if snapshot.replaces_log else b"\x00"
         )
+        record, crc = encode_record(RecordType.SNAPSHOT, payload, self._crc)
         self._write(record, sync=True)
         self._crc = crc
         self.last_index = max(self.last_index, snapshot.index)
@@ -502,8 +507,11 @@ class _Replay:
         elif kind == RecordType.CRC:
             pass  # verified by _check_crc
         elif kind == RecordType.SNAPSHOT:
-            index, term = decode_index_term(payload)
-            self.markers.append(WalSnapshot(index, term))
+            if len(payload) != 17 or payload[16] not in (0, 1):
+                raise WALCorruptError(path, offset, "malformed snapshot marker")
+            index, term = decode_index_term(payload[:16])
+            replaces_log = payload[16] == 1
+            self.markers.append(WalSnapshot(index, term, replaces_log))
             if index == start.index:
                 if term != start.term:
                     raise WALCorruptError(
@@ -512,6 +520,14 @@ class _Replay:
                         f"snapshot marker at index {index} has term {term}, want {start.term}",
                     )
                 self.found_snapshot = True
+                if replaces_log:
+                    self.entries.clear()  # written before the snapshot replaced them
+            elif replaces_log and index > start.index and self.replay_entries:
+                raise WALError(
+                    f"wal: {path}: offset {offset}: a snapshot installed at index {index} "
+                    f"replaced the log after index {start.index}; recovery needs that "
+                    f"snapshot's file"
+                )
         else:
             raise WALCorruptError(path, offset, f"unknown record type {kind}")
 

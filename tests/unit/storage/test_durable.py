@@ -16,6 +16,8 @@ from cluster.raft import (
     HardState,
     RaftNode,
     Ready,
+    Snapshot,
+    SnapshotMetadata,
     StateType,
 )
 from cluster.storage.backend import DataDirMismatchError
@@ -191,3 +193,34 @@ def test_a_member_restarted_many_times_keeps_every_acknowledged_write(tmp_path) 
     assert final.applied == acknowledged
     assert len(acknowledged) == counter
     assert snapshots >= 5  # recoveries really went through snapshot files
+
+
+def test_a_snapshot_from_the_leader_replaces_stale_entries_across_a_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A follower holding uncommitted entries of an old term past the leader's snapshot
+    must not get them back on restart: its log would end in an older term than the
+    snapshot and it could vote for a candidate missing committed entries."""
+    store = open_raft_log(str(tmp_path), MEMBER, CLUSTER)
+    store.save(_ready(_entries(1, 30, term=2), commit=10, term=2))
+    leader_snapshot = Snapshot(SnapshotMetadata(20, 5, ConfState(frozenset({1, 2, 3}))), b"s")
+    store.save(Ready(hard_state=HardState(5, 0, 20), snapshot=leader_snapshot, must_sync=True))
+    assert store.storage.last_index() == 20
+    store.close()
+
+    again = open_raft_log(str(tmp_path), MEMBER, CLUSTER)
+    assert again.storage.snapshot().metadata.index == 20
+    assert again.storage.last_index() == 20  # entries 21..30 of term 2 are gone
+    assert again.storage.term(20) == 5
+    again.save(_ready(_entries(21, 2, term=5), commit=22, term=5))
+    again.close()
+    third = open_raft_log(str(tmp_path), MEMBER, CLUSTER)
+    assert _log_of(third) == [(21, 5, b"v21"), (22, 5, b"v22")]
+
+
+def test_own_snapshot_keeps_the_log_beyond_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = open_raft_log(str(tmp_path), MEMBER, CLUSTER, retention=Retention(catch_up_entries=0))
+    store.save(_ready(_entries(1, 30), commit=30))
+    store.snapshot(20, ConfState(frozenset({1})), b"own")
+    store.close()
+    again = open_raft_log(str(tmp_path), MEMBER, CLUSTER)
+    assert again.storage.snapshot().metadata.index == 20
+    assert [e[0] for e in _log_of(again)] == list(range(21, 31))
