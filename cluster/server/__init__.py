@@ -1,0 +1,1 @@
+"""The member: its loop, apply, peer transport and client-facing servers."""

@@ -1,0 +1,332 @@
+"""Peer streams: Raft messages between members over long-lived asyncio TCP connections.
+
+Each frame is ``length (4 bytes) + kind (1 byte) + payload``. A connection
+opens with a HELLO naming the cluster and both members; a peer of another
+cluster, or a connection meant for another member, is refused. Messages to a
+peer are queued without blocking and written by that peer's own task, many per
+frame, so one slow or dead peer never delays the others; a full queue drops
+messages (Raft retransmits) and reports the peer unreachable. A snapshot
+travels as BEGIN, data chunks and an END frame carrying its SHA-256.
+Connections are re-established with exponential back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hashlib
+import logging
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cluster.raft import Message, MessageType, Snapshot
+from cluster.storage.codec import CodecError
+
+from .peer_codec import decode_batch, decode_message, encode_batch, encode_message
+
+log = logging.getLogger(__name__)
+
+_FRAME = struct.Struct(">IB")
+_HELLO = struct.Struct(">QQQ")  # cluster id, sender, receiver
+_SNAP_END = struct.Struct(">32sQ")  # sha256, length
+MAX_FRAME = 64 * 1024 * 1024
+
+
+class FrameKind(enum.IntEnum):
+    HELLO = 1
+    MESSAGES = 2
+    SNAP_BEGIN = 3
+    SNAP_CHUNK = 4
+    SNAP_END = 5
+
+
+class PeerProtocolError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    queue_limit: int = 4096  # messages waiting for one peer before new ones are dropped
+    snapshot_chunk: int = 1024 * 1024
+    backoff_min: float = 0.05
+    backoff_max: float = 1.0
+    connect_timeout: float = 1.0
+
+
+def frame(kind: FrameKind, payload: bytes) -> bytes:
+    return _FRAME.pack(len(payload), kind) + payload
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[FrameKind, bytes]:
+    length, kind = _FRAME.unpack(await reader.readexactly(_FRAME.size))
+    if length > MAX_FRAME:
+        raise PeerProtocolError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+    try:
+        frame_kind = FrameKind(kind)
+    except ValueError as exc:
+        raise PeerProtocolError(f"unknown frame kind {kind}") from exc
+    return frame_kind, await reader.readexactly(length)
+
+
+def _noop_unreachable(peer_id: int) -> None:
+    return None
+
+
+def _noop_snapshot_status(peer_id: int, ok: bool) -> None:
+    return None
+
+
+class PeerTransport:
+    """Sends and receives one member's Raft messages. Use from one event loop."""
+
+    def __init__(
+        self,
+        member_id: int,
+        cluster_id: int,
+        deliver: Callable[[list[Message]], None],
+        *,
+        on_unreachable: Callable[[int], None] = _noop_unreachable,
+        on_snapshot_status: Callable[[int, bool], None] = _noop_snapshot_status,
+        options: TransportOptions | None = None,
+    ) -> None:
+        self.member_id = member_id
+        self.cluster_id = cluster_id
+        self.deliver = deliver
+        self.on_unreachable = on_unreachable
+        self.on_snapshot_status = on_snapshot_status
+        self.options = options or TransportOptions()
+        self._peers: dict[int, _Peer] = {}
+        self._server: asyncio.Server | None = None
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    # -- lifecycle ------------------------------------------------------------
+    async def listen(self, host: str, port: int) -> int:
+        """Accept peer connections on ``host:port``; returns the bound port."""
+        self._server = await asyncio.start_server(self._accept, host, port)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        for peer in list(self._peers.values()):
+            await peer.stop()
+        self._peers.clear()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for writer in list(self._connections.values()):
+            writer.close()  # the handler's next read fails and it returns
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=1.0)
+
+    # -- peers ------------------------------------------------------------------
+    def set_peer(self, peer_id: int, host: str, port: int) -> None:
+        """Add a peer, or move it to a new address."""
+        old = self._peers.get(peer_id)
+        if old is not None and (old.host, old.port) == (host, port):
+            return
+        if old is not None:
+            asyncio.get_running_loop().create_task(old.stop())
+        self._peers[peer_id] = _Peer(self, peer_id, host, port)
+
+    def remove_peer(self, peer_id: int) -> None:
+        peer = self._peers.pop(peer_id, None)
+        if peer is not None:
+            asyncio.get_running_loop().create_task(peer.stop())
+
+    def send(self, messages: list[Message]) -> None:
+        """Queue messages to their peers; never waits."""
+        for m in messages:
+            peer = self._peers.get(m.to)
+            if peer is None:
+                log.debug("no peer %x for %s", m.to, m.type.name)
+                continue
+            peer.enqueue(m)
+
+    # -- receiving --------------------------------------------------------------
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = writer
+        try:
+            await self._receive(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except (PeerProtocolError, CodecError) as exc:
+            log.warning(
+                "peer connection from %s closed: %s", writer.get_extra_info("peername"), exc
+            )
+        finally:
+            self._connections.pop(task, None)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _receive(self, reader: asyncio.StreamReader) -> None:
+        kind, payload = await read_frame(reader)
+        if kind != FrameKind.HELLO or len(payload) != _HELLO.size:
+            raise PeerProtocolError("connection did not start with a hello")
+        cluster_id, sender, receiver = _HELLO.unpack(payload)
+        if cluster_id != self.cluster_id:
+            raise PeerProtocolError(
+                f"refused peer {sender:x}: it belongs to cluster {cluster_id:x}, "
+                f"this member to {self.cluster_id:x}"
+            )
+        if receiver != self.member_id:
+            raise PeerProtocolError(
+                f"refused peer {sender:x}: it wants member {receiver:x}, this is {self.member_id:x}"
+            )
+        snapshot: _IncomingSnapshot | None = None
+        while True:
+            kind, payload = await read_frame(reader)
+            if kind == FrameKind.MESSAGES:
+                self.deliver(decode_batch(payload))
+            elif kind == FrameKind.SNAP_BEGIN:
+                message, _ = decode_message(payload)
+                snapshot = _IncomingSnapshot(message)
+            elif kind == FrameKind.SNAP_CHUNK and snapshot is not None:
+                snapshot.add(payload)
+            elif kind == FrameKind.SNAP_END and snapshot is not None:
+                self.deliver([snapshot.finish(payload)])
+                snapshot = None
+            else:
+                raise PeerProtocolError(f"unexpected {kind.name} frame")
+
+
+class _IncomingSnapshot:
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.parts: list[bytes] = []
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.parts.append(chunk)
+        self.digest.update(chunk)
+        self.size += len(chunk)
+
+    def finish(self, trailer: bytes) -> Message:
+        if len(trailer) != _SNAP_END.size:
+            raise PeerProtocolError("malformed snapshot trailer")
+        digest, size = _SNAP_END.unpack(trailer)
+        if size != self.size or digest != self.digest.digest():
+            raise PeerProtocolError("snapshot checksum mismatch")
+        snap = self.message.snapshot
+        assert snap is not None
+        self.message.snapshot = Snapshot(snap.metadata, b"".join(self.parts))
+        return self.message
+
+
+class _Peer:
+    """The outgoing stream to one peer, written by its own task."""
+
+    def __init__(self, transport: PeerTransport, peer_id: int, host: str, port: int) -> None:
+        self.transport = transport
+        self.id = peer_id
+        self.host = host
+        self.port = port
+        self.queue: deque[Message] = deque()
+        self.ready = asyncio.Event()
+        self.connected = False
+        self.stopped = False
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def enqueue(self, m: Message) -> None:
+        options = self.transport.options
+        if not self.connected or len(self.queue) >= options.queue_limit:
+            self._drop(m)
+            return
+        self.queue.append(m)
+        self.ready.set()
+
+    def _drop(self, m: Message) -> None:
+        if m.type == MessageType.SNAP:
+            self.transport.on_snapshot_status(self.id, False)
+        self.transport.on_unreachable(self.id)
+
+    async def stop(self) -> None:
+        self.stopped = True
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    async def _run(self) -> None:
+        options = self.transport.options
+        delay = options.backoff_min
+        while not self.stopped:
+            writer: asyncio.StreamWriter | None = None
+            try:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel.
+                async with asyncio.timeout(options.connect_timeout):
+                    reader, stream = await asyncio.open_connection(self.host, self.port)
+                writer = stream
+                t = self.transport
+                hello = _HELLO.pack(t.cluster_id, t.member_id, self.id)
+                stream.write(frame(FrameKind.HELLO, hello))
+                await stream.drain()
+                self.connected = True
+                delay = options.backoff_min
+                await self._pump_until_closed(reader, stream)
+            except (TimeoutError, OSError, ConnectionError) as exc:
+                log.debug("peer %x at %s:%d: %s", self.id, self.host, self.port, exc)
+            finally:
+                self.connected = False
+                while self.queue:
+                    self._drop(self.queue.popleft())
+                if writer is not None:
+                    writer.close()
+            self.transport.on_unreachable(self.id)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, options.backoff_max)
+
+    async def _pump_until_closed(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Write queued messages until the connection fails or the peer closes it.
+
+        The peer never writes on this stream, so any read completing means it
+        went away: notice that at once instead of at the next failed write.
+        """
+        pump = asyncio.ensure_future(self._pump(writer))
+        watch = asyncio.ensure_future(reader.read(1))
+        try:
+            done, _ = await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if pump in done:
+                pump.result()  # raises the write error
+        finally:
+            for task in (pump, watch):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, OSError, ConnectionError):
+                    await task
+
+    async def _pump(self, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            batch: list[Message] = []
+            while self.queue:
+                m = self.queue.popleft()
+                if m.type == MessageType.SNAP:
+                    if batch:
+                        writer.write(frame(FrameKind.MESSAGES, encode_batch(batch)))
+                        batch = []
+                    await self._send_snapshot(writer, m)
+                else:
+                    batch.append(m)
+            if batch:
+                writer.write(frame(FrameKind.MESSAGES, encode_batch(batch)))
+            await writer.drain()
+
+    async def _send_snapshot(self, writer: asyncio.StreamWriter, m: Message) -> None:
+        assert m.snapshot is not None
+        data = m.snapshot.data
+        writer.write(frame(FrameKind.SNAP_BEGIN, encode_message(m, with_snapshot_data=False)))
+        step = self.transport.options.snapshot_chunk
+        for at in range(0, len(data), step):
+            writer.write(frame(FrameKind.SNAP_CHUNK, data[at : at + step]))
+            await writer.drain()
+        trailer = _SNAP_END.pack(hashlib.sha256(data).digest(), len(data))
+        writer.write(frame(FrameKind.SNAP_END, trailer))
+        await writer.drain()
+        self.transport.on_snapshot_status(self.id, True)
