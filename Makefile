@@ -3,7 +3,7 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 STAMP = $(VENV)/.installed
 
-.PHONY: install test lint run soak bench clean distclean
+.PHONY: install test lint proto run soak bench clean distclean
 
 install: $(STAMP)
 
@@ -19,6 +19,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cluster console scripts tests
 	$(VENV)/bin/mypy cluster console scripts
+
+# Regenerate cluster/proto/**/*_pb2*.py(i) from the .proto files (the results are committed).
+proto: $(STAMP)
+	$(PY) -m cluster.proto.generate
 
 run: $(STAMP)
 	$(PY) scripts/run_dev.py
