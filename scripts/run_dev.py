@@ -36,16 +36,27 @@ def manage(*args: str) -> None:
 def member_command(name: str, client_port: int, peer_port: int) -> list[str]:
     initial_cluster = ",".join(f"{n}=http://{HOST}:{p}" for n, _, p in MEMBERS)
     return [
-        sys.executable, "-m", "cluster",
-        "--name", name,
-        "--data-dir", str(ROOT / "var" / name),
-        "--listen-client-urls", f"http://{HOST}:{client_port}",
-        "--advertise-client-urls", f"http://{HOST}:{client_port}",
-        "--listen-peer-urls", f"http://{HOST}:{peer_port}",
-        "--initial-advertise-peer-urls", f"http://{HOST}:{peer_port}",
-        "--initial-cluster", initial_cluster,
-        "--initial-cluster-token", CLUSTER_TOKEN,
-        "--initial-cluster-state", "new",
+        sys.executable,
+        "-m",
+        "cluster",
+        "--name",
+        name,
+        "--data-dir",
+        str(ROOT / "var" / name),
+        "--listen-client-urls",
+        f"http://{HOST}:{client_port}",
+        "--advertise-client-urls",
+        f"http://{HOST}:{client_port}",
+        "--listen-peer-urls",
+        f"http://{HOST}:{peer_port}",
+        "--initial-advertise-peer-urls",
+        f"http://{HOST}:{peer_port}",
+        "--initial-cluster",
+        initial_cluster,
+        "--initial-cluster-token",
+        CLUSTER_TOKEN,
+        "--initial-cluster-state",
+        "new",
     ]
 
 

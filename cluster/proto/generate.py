@@ -80,9 +80,7 @@ def generate(out: Path) -> None:
     # Paths handed to protoc must be spelled relative to an include directory
     # (the root), which is also how they are recorded in the descriptors.
     names = [p.as_posix() for p in protos]
-    _protoc(
-        [_plugin("protoc-gen-mypy"), f"--python_out={out}", f"--mypy_out=quiet:{out}", *names]
-    )
+    _protoc([_plugin("protoc-gen-mypy"), f"--python_out={out}", f"--mypy_out=quiet:{out}", *names])
     if with_services:
         _protoc(
             [

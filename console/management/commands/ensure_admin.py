@@ -24,9 +24,7 @@ class Command(BaseCommand):
         generated = not password
         if generated:
             password = secrets.token_urlsafe(12)
-        user_model.objects.create_superuser(
-            username=USERNAME, email="", password=password
-        )
+        user_model.objects.create_superuser(username=USERNAME, email="", password=password)
         if generated:
             self.stdout.write(
                 self.style.SUCCESS(

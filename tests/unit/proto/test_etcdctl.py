@@ -99,8 +99,10 @@ class _Cluster(pb_grpc.ClusterServicer):
         self.record("MemberList", request)
         members = [
             pb.Member(
-                ID=MEMBER_ID, name="default",
-                peerURLs=["http://localhost:2380"], clientURLs=["http://localhost:2379"],
+                ID=MEMBER_ID,
+                name="default",
+                peerURLs=["http://localhost:2380"],
+                clientURLs=["http://localhost:2379"],
             ),
             pb.Member(ID=7, peerURLs=["http://10.0.0.2:2380"], isLearner=True),
         ]
@@ -119,8 +121,15 @@ class _Maintenance(pb_grpc.MaintenanceServicer):
     def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
         self.record("Status", request)
         return pb.StatusResponse(
-            header=_header(), version="3.4.23", dbSize=20480, leader=MEMBER_ID, raftIndex=11,
-            raftTerm=2, raftAppliedIndex=10, errors=["e1"], dbSizeInUse=16384,
+            header=_header(),
+            version="3.4.23",
+            dbSize=20480,
+            leader=MEMBER_ID,
+            raftIndex=11,
+            raftTerm=2,
+            raftAppliedIndex=10,
+            errors=["e1"],
+            dbSizeInUse=16384,
         )
 
 
@@ -145,9 +154,13 @@ def _etcdctl(endpoint: str, *args: str, stdin: str | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
     env["ETCDCTL_API"] = "3"
     done = subprocess.run(
-        ["etcdctl", f"--endpoints={endpoint}", "--dial-timeout=5s", "--command-timeout=10s",
-         *args],
-        input=stdin, capture_output=True, text=True, timeout=30, env=env, check=False,
+        ["etcdctl", f"--endpoints={endpoint}", "--dial-timeout=5s", "--command-timeout=10s", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -158,24 +171,51 @@ def test_get_sends_every_range_flag_and_decodes_the_response(
 ) -> None:
     endpoint, record = server
     out = _etcdctl(
-        endpoint, "get", "foo", "--prefix", "--limit=5", "--sort-by=MODIFY", "--order=DESCEND",
-        "--rev=3", "--consistency=s", "--keys-only", "-w", "json",
+        endpoint,
+        "get",
+        "foo",
+        "--prefix",
+        "--limit=5",
+        "--sort-by=MODIFY",
+        "--order=DESCEND",
+        "--rev=3",
+        "--consistency=s",
+        "--keys-only",
+        "-w",
+        "json",
     )
     assert record.requests == [
-        ("Range", pb.RangeRequest(
-            key=b"foo", range_end=b"fop", limit=5, revision=3,
-            sort_order=pb.RangeRequest.DESCEND, sort_target=pb.RangeRequest.MOD,
-            serializable=True, keys_only=True,
-        )),
+        (
+            "Range",
+            pb.RangeRequest(
+                key=b"foo",
+                range_end=b"fop",
+                limit=5,
+                revision=3,
+                sort_order=pb.RangeRequest.DESCEND,
+                sort_target=pb.RangeRequest.MOD,
+                serializable=True,
+                keys_only=True,
+            ),
+        ),
     ]
     got = json.loads(out)
     assert got["header"] == {
-        "cluster_id": CLUSTER_ID, "member_id": MEMBER_ID, "revision": 9, "raft_term": 2,
+        "cluster_id": CLUSTER_ID,
+        "member_id": MEMBER_ID,
+        "revision": 9,
+        "raft_term": 2,
     }
-    assert got["kvs"] == [{
-        "key": "Zm9v", "create_revision": 2, "mod_revision": 5, "version": 3,
-        "value": "YmFy", "lease": 0x1234,
-    }]
+    assert got["kvs"] == [
+        {
+            "key": "Zm9v",
+            "create_revision": 2,
+            "mod_revision": 5,
+            "version": 3,
+            "value": "YmFy",
+            "lease": 0x1234,
+        }
+    ]
     assert (got["more"], got["count"]) == (True, 7)
 
 
@@ -196,11 +236,9 @@ def test_txn_compares_and_ops(server: tuple[str, _Recorder]) -> None:
     assert method == "Txn" and isinstance(request, pb.TxnRequest)
     assert request == pb.TxnRequest(
         compare=[
-            pb.Compare(result=pb.Compare.GREATER, target=pb.Compare.MOD, key=b"k",
-                       mod_revision=5),
+            pb.Compare(result=pb.Compare.GREATER, target=pb.Compare.MOD, key=b"k", mod_revision=5),
             pb.Compare(result=pb.Compare.EQUAL, target=pb.Compare.VERSION, key=b"a", version=0),
-            pb.Compare(result=pb.Compare.NOT_EQUAL, target=pb.Compare.VALUE, key=b"d",
-                       value=b"x"),
+            pb.Compare(result=pb.Compare.NOT_EQUAL, target=pb.Compare.VALUE, key=b"d", value=b"x"),
         ],
         success=[
             pb.RequestOp(request_put=pb.PutRequest(key=b"k", value=b"v")),
@@ -231,12 +269,15 @@ def test_members_and_status(server: tuple[str, _Recorder]) -> None:
     endpoint, record = server
     members = json.loads(_etcdctl(endpoint, "member", "list", "-w", "json"))["members"]
     assert [(m["ID"], m.get("isLearner", False)) for m in members] == [
-        (MEMBER_ID, False), (7, True),
+        (MEMBER_ID, False),
+        (7, True),
     ]
     _etcdctl(endpoint, "member", "add", "n2", "--peer-urls=http://a:2380", "--learner")
     [status] = json.loads(_etcdctl(endpoint, "endpoint", "status", "-w", "json"))
     assert {k: status["Status"][k] for k in ("dbSize", "dbSizeInUse", "raftAppliedIndex")} == {
-        "dbSize": 20480, "dbSizeInUse": 16384, "raftAppliedIndex": 10,
+        "dbSize": 20480,
+        "dbSizeInUse": 16384,
+        "raftAppliedIndex": 10,
     }
     assert status["Status"]["errors"] == ["e1"]
     methods = [m for m, _ in record.requests]

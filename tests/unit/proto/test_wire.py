@@ -32,7 +32,7 @@ FD = _descriptor.FieldDescriptor
 def test_range_request_encoding() -> None:
     req = rpc_pb2.RangeRequest(key=b"foo", range_end=b"fop", limit=5)
     # field 1 (key, LEN) = 0x0a, field 2 (range_end, LEN) = 0x12, field 3 (limit, VARINT) = 0x18
-    assert req.SerializeToString() == bytes.fromhex("0a03666f6f" "1203666f70" "1805")
+    assert req.SerializeToString() == bytes.fromhex("0a03666f6f1203666f701805")
 
 
 def test_range_request_flags_encoding() -> None:
@@ -62,7 +62,7 @@ def test_range_request_flags_encoding() -> None:
 
 def test_response_header_encoding() -> None:
     header = rpc_pb2.ResponseHeader(cluster_id=1, member_id=2, revision=3, raft_term=4)
-    assert header.SerializeToString() == bytes.fromhex("08011002" "18032004")
+    assert header.SerializeToString() == bytes.fromhex("0801100218032004")
 
 
 def test_compare_value_and_range_end_tag_64() -> None:
@@ -86,11 +86,11 @@ def test_compare_oneof_zero_is_still_sent() -> None:
     # "the key does not exist" is Compare(target=VERSION, version=0): the oneof gives
     # the zero presence, so it is encoded (field 4 = 0) and survives a round trip.
     cmp = rpc_pb2.Compare(target=rpc_pb2.Compare.VERSION, key=b"k", version=0)
-    assert cmp.SerializeToString() == bytes.fromhex("1a016b" "2000")
+    assert cmp.SerializeToString() == bytes.fromhex("1a016b2000")
     back = rpc_pb2.Compare.FromString(bytes.fromhex("1a016b2000"))
     assert back.WhichOneof("target_union") == "version"
     lease = rpc_pb2.Compare(target=rpc_pb2.Compare.LEASE, key=b"k", lease=42)
-    assert lease.SerializeToString() == bytes.fromhex("1004" "1a016b" "402a")
+    assert lease.SerializeToString() == bytes.fromhex("10041a016b402a")
 
 
 def test_txn_encoding() -> None:
@@ -100,15 +100,25 @@ def test_txn_encoding() -> None:
         failure=[rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=b"a"))],
     )
     assert txn.SerializeToString() == bytes.fromhex(
-        "0a07" "1002" "1a0161" "3005"  # compare = 1: target MOD, key, mod_revision = 6
-        "1208" "1206" "0a0161" "120162"  # success = 2: RequestOp.request_put = 2
-        "1a05" "0a03" "0a0161"  # failure = 3: RequestOp.request_range = 1
+        "0a07"
+        "1002"
+        "1a0161"
+        "3005"  # compare = 1: target MOD, key, mod_revision = 6
+        "1208"
+        "1206"
+        "0a0161"
+        "120162"  # success = 2: RequestOp.request_put = 2
+        "1a05"
+        "0a03"
+        "0a0161"  # failure = 3: RequestOp.request_range = 1
     )
     resp = rpc_pb2.TxnResponse(
         succeeded=True,
-        responses=[rpc_pb2.ResponseOp(response_delete_range=rpc_pb2.DeleteRangeResponse(deleted=2))],
+        responses=[
+            rpc_pb2.ResponseOp(response_delete_range=rpc_pb2.DeleteRangeResponse(deleted=2))
+        ],
     )
-    assert resp.SerializeToString() == bytes.fromhex("1001" "1a04" "1a02" "1002")
+    assert resp.SerializeToString() == bytes.fromhex("10011a041a021002")
 
 
 def test_nested_txn_op_uses_field_4() -> None:
@@ -118,10 +128,10 @@ def test_nested_txn_op_uses_field_4() -> None:
 
 def test_watch_response_events_are_field_11() -> None:
     ev = kv_pb2.Event(type=kv_pb2.Event.DELETE, kv=kv_pb2.KeyValue(key=b"a", mod_revision=7))
-    assert ev.SerializeToString() == bytes.fromhex("0801" "1205" "0a0161" "1807")
+    assert ev.SerializeToString() == bytes.fromhex("080112050a01611807")
     resp = rpc_pb2.WatchResponse(watch_id=1, created=True, events=[ev])
     # events: tag (11 << 3) | 2 = 0x5a
-    assert resp.SerializeToString() == bytes.fromhex("1001" "1801" "5a09" "08011205" "0a01611807")
+    assert resp.SerializeToString() == bytes.fromhex("100118015a09080112050a01611807")
 
 
 def test_watch_create_request_encoding() -> None:
@@ -156,18 +166,18 @@ def test_watch_create_request_encoding() -> None:
 def test_negative_int64_is_plain_varint() -> None:
     # etcd reports an expired lease as TTL -1: int64 (not sint64), so ten bytes.
     resp = rpc_pb2.LeaseTimeToLiveResponse(ID=5, TTL=-1)
-    assert resp.SerializeToString() == bytes.fromhex("1005" "18ffffffffffffffffff01")
+    assert resp.SerializeToString() == bytes.fromhex("100518ffffffffffffffffff01")
 
 
 def test_uint32_hash_and_status_fields() -> None:
     assert rpc_pb2.HashKVResponse(hash=0xFFFFFFFF, hash_revision=2).SerializeToString() == (
-        bytes.fromhex("10ffffffff0f" "2002")
+        bytes.fromhex("10ffffffff0f2002")
     )
     status = rpc_pb2.StatusResponse(
         version="3.5.0", leader=1, raftAppliedIndex=2, errors=["x"], dbSizeInUse=3, isLearner=True
     )
     assert status.SerializeToString() == bytes.fromhex(
-        "1205" + b"3.5.0".hex() + "2001" "3802" "420178" "4803" "5001"
+        "1205" + b"3.5.0".hex() + "2001380242017848035001"
     )
 
 
@@ -175,23 +185,19 @@ def test_key_value_encoding() -> None:
     kv = kv_pb2.KeyValue(
         key=b"k", create_revision=2, mod_revision=3, version=4, value=b"v", lease=0x7FFF
     )
-    assert kv.SerializeToString() == bytes.fromhex(
-        "0a016b" "1002" "1803" "2004" "2a0176" "30ffff01"
-    )
+    assert kv.SerializeToString() == bytes.fromhex("0a016b1002180320042a017630ffff01")
 
 
 def test_auth_permission_encoding() -> None:
     perm = auth_pb2.Permission(permType=auth_pb2.Permission.READWRITE, key=b"a", range_end=b"b")
     req = rpc_pb2.AuthRoleGrantPermissionRequest(name="r", perm=perm)
-    assert req.SerializeToString() == bytes.fromhex("0a0172" "1208" "0802" "120161" "1a0162")
+    assert req.SerializeToString() == bytes.fromhex("0a0172120808021201611a0162")
 
 
 def test_election_leader_key_encoding() -> None:
     leader = v3election_pb2.LeaderKey(name=b"e", key=b"e/1", rev=4, lease=5)
     req = v3election_pb2.ProclaimRequest(leader=leader, value=b"v")
-    assert req.SerializeToString() == bytes.fromhex(
-        "0a0c" "0a0165" "1203652f31" "1804" "2005" "120176"
-    )
+    assert req.SerializeToString() == bytes.fromhex("0a0c0a01651203652f3118042005120176")
 
 
 # ---------------------------------------------------------------------------
@@ -205,48 +211,78 @@ KV = "mvccpb.KeyValue"
 SCHEMA: dict[str, set[str]] = {
     # mvccpb
     "mvccpb.KeyValue": {
-        "bytes key = 1", "int64 create_revision = 2", "int64 mod_revision = 3",
-        "int64 version = 4", "bytes value = 5", "int64 lease = 6",
+        "bytes key = 1",
+        "int64 create_revision = 2",
+        "int64 mod_revision = 3",
+        "int64 version = 4",
+        "bytes value = 5",
+        "int64 lease = 6",
     },
     "mvccpb.Event": {
-        "mvccpb.Event.EventType type = 1", f"{KV} kv = 2", f"{KV} prev_kv = 3",
+        "mvccpb.Event.EventType type = 1",
+        f"{KV} kv = 2",
+        f"{KV} prev_kv = 3",
     },
     # authpb
     "authpb.UserAddOptions": {"bool no_password = 1"},
     "authpb.User": {
-        "bytes name = 1", "bytes password = 2", "repeated string roles = 3",
+        "bytes name = 1",
+        "bytes password = 2",
+        "repeated string roles = 3",
         "authpb.UserAddOptions options = 4",
     },
     "authpb.Permission": {
-        "authpb.Permission.Type permType = 1", "bytes key = 2", "bytes range_end = 3",
+        "authpb.Permission.Type permType = 1",
+        "bytes key = 2",
+        "bytes range_end = 3",
     },
     "authpb.Role": {"bytes name = 1", "repeated authpb.Permission keyPermission = 2"},
     # etcdserverpb: KV
     "etcdserverpb.ResponseHeader": {
-        "uint64 cluster_id = 1", "uint64 member_id = 2", "int64 revision = 3",
+        "uint64 cluster_id = 1",
+        "uint64 member_id = 2",
+        "int64 revision = 3",
         "uint64 raft_term = 4",
     },
     "etcdserverpb.RangeRequest": {
-        "bytes key = 1", "bytes range_end = 2", "int64 limit = 3", "int64 revision = 4",
+        "bytes key = 1",
+        "bytes range_end = 2",
+        "int64 limit = 3",
+        "int64 revision = 4",
         "etcdserverpb.RangeRequest.SortOrder sort_order = 5",
         "etcdserverpb.RangeRequest.SortTarget sort_target = 6",
-        "bool serializable = 7", "bool keys_only = 8", "bool count_only = 9",
-        "int64 min_mod_revision = 10", "int64 max_mod_revision = 11",
-        "int64 min_create_revision = 12", "int64 max_create_revision = 13",
+        "bool serializable = 7",
+        "bool keys_only = 8",
+        "bool count_only = 9",
+        "int64 min_mod_revision = 10",
+        "int64 max_mod_revision = 11",
+        "int64 min_create_revision = 12",
+        "int64 max_create_revision = 13",
     },
     "etcdserverpb.RangeResponse": {
-        H, f"repeated {KV} kvs = 2", "bool more = 3", "int64 count = 4",
+        H,
+        f"repeated {KV} kvs = 2",
+        "bool more = 3",
+        "int64 count = 4",
     },
     "etcdserverpb.PutRequest": {
-        "bytes key = 1", "bytes value = 2", "int64 lease = 3", "bool prev_kv = 4",
-        "bool ignore_value = 5", "bool ignore_lease = 6",
+        "bytes key = 1",
+        "bytes value = 2",
+        "int64 lease = 3",
+        "bool prev_kv = 4",
+        "bool ignore_value = 5",
+        "bool ignore_lease = 6",
     },
     "etcdserverpb.PutResponse": {H, f"{KV} prev_kv = 2"},
     "etcdserverpb.DeleteRangeRequest": {
-        "bytes key = 1", "bytes range_end = 2", "bool prev_kv = 3",
+        "bytes key = 1",
+        "bytes range_end = 2",
+        "bool prev_kv = 3",
     },
     "etcdserverpb.DeleteRangeResponse": {
-        H, "int64 deleted = 2", f"repeated {KV} prev_kvs = 3",
+        H,
+        "int64 deleted = 2",
+        f"repeated {KV} prev_kvs = 3",
     },
     "etcdserverpb.RequestOp": {
         "etcdserverpb.RangeRequest request_range = 1",
@@ -263,8 +299,12 @@ SCHEMA: dict[str, set[str]] = {
     "etcdserverpb.Compare": {
         "etcdserverpb.Compare.CompareResult result = 1",
         "etcdserverpb.Compare.CompareTarget target = 2",
-        "bytes key = 3", "int64 version = 4", "int64 create_revision = 5",
-        "int64 mod_revision = 6", "bytes value = 7", "int64 lease = 8",
+        "bytes key = 3",
+        "int64 version = 4",
+        "int64 create_revision = 5",
+        "int64 mod_revision = 6",
+        "bytes value = 7",
+        "int64 lease = 8",
         "bytes range_end = 64",
     },
     "etcdserverpb.TxnRequest": {
@@ -273,7 +313,9 @@ SCHEMA: dict[str, set[str]] = {
         "repeated etcdserverpb.RequestOp failure = 3",
     },
     "etcdserverpb.TxnResponse": {
-        H, "bool succeeded = 2", "repeated etcdserverpb.ResponseOp responses = 3",
+        H,
+        "bool succeeded = 2",
+        "repeated etcdserverpb.ResponseOp responses = 3",
     },
     "etcdserverpb.CompactionRequest": {"int64 revision = 1", "bool physical = 2"},
     "etcdserverpb.CompactionResponse": {H},
@@ -284,16 +326,25 @@ SCHEMA: dict[str, set[str]] = {
         "etcdserverpb.WatchProgressRequest progress_request = 3",
     },
     "etcdserverpb.WatchCreateRequest": {
-        "bytes key = 1", "bytes range_end = 2", "int64 start_revision = 3",
+        "bytes key = 1",
+        "bytes range_end = 2",
+        "int64 start_revision = 3",
         "bool progress_notify = 4",
         "repeated etcdserverpb.WatchCreateRequest.FilterType filters = 5",
-        "bool prev_kv = 6", "int64 watch_id = 7", "bool fragment = 8",
+        "bool prev_kv = 6",
+        "int64 watch_id = 7",
+        "bool fragment = 8",
     },
     "etcdserverpb.WatchCancelRequest": {"int64 watch_id = 1"},
     "etcdserverpb.WatchProgressRequest": set(),
     "etcdserverpb.WatchResponse": {
-        H, "int64 watch_id = 2", "bool created = 3", "bool canceled = 4",
-        "int64 compact_revision = 5", "string cancel_reason = 6", "bool fragment = 7",
+        H,
+        "int64 watch_id = 2",
+        "bool created = 3",
+        "bool canceled = 4",
+        "int64 compact_revision = 5",
+        "string cancel_reason = 6",
+        "bool fragment = 7",
         "repeated mvccpb.Event events = 11",
     },
     # Lease
@@ -310,19 +361,28 @@ SCHEMA: dict[str, set[str]] = {
     "etcdserverpb.LeaseKeepAliveResponse": {H, "int64 ID = 2", "int64 TTL = 3"},
     "etcdserverpb.LeaseTimeToLiveRequest": {"int64 ID = 1", "bool keys = 2"},
     "etcdserverpb.LeaseTimeToLiveResponse": {
-        H, "int64 ID = 2", "int64 TTL = 3", "int64 grantedTTL = 4", "repeated bytes keys = 5",
+        H,
+        "int64 ID = 2",
+        "int64 TTL = 3",
+        "int64 grantedTTL = 4",
+        "repeated bytes keys = 5",
     },
     "etcdserverpb.LeaseLeasesRequest": set(),
     "etcdserverpb.LeaseStatus": {"int64 ID = 1"},
     "etcdserverpb.LeaseLeasesResponse": {H, "repeated etcdserverpb.LeaseStatus leases = 2"},
     # Cluster
     "etcdserverpb.Member": {
-        "uint64 ID = 1", "string name = 2", "repeated string peerURLs = 3",
-        "repeated string clientURLs = 4", "bool isLearner = 5",
+        "uint64 ID = 1",
+        "string name = 2",
+        "repeated string peerURLs = 3",
+        "repeated string clientURLs = 4",
+        "bool isLearner = 5",
     },
     "etcdserverpb.MemberAddRequest": {"repeated string peerURLs = 1", "bool isLearner = 2"},
     "etcdserverpb.MemberAddResponse": {
-        H, "etcdserverpb.Member member = 2", "repeated etcdserverpb.Member members = 3",
+        H,
+        "etcdserverpb.Member member = 2",
+        "repeated etcdserverpb.Member members = 3",
     },
     "etcdserverpb.MemberRemoveRequest": {"uint64 ID = 1"},
     "etcdserverpb.MemberRemoveResponse": {H, "repeated etcdserverpb.Member members = 2"},
@@ -334,18 +394,27 @@ SCHEMA: dict[str, set[str]] = {
     "etcdserverpb.MemberPromoteResponse": {H, "repeated etcdserverpb.Member members = 2"},
     # Maintenance
     "etcdserverpb.AlarmRequest": {
-        "etcdserverpb.AlarmRequest.AlarmAction action = 1", "uint64 memberID = 2",
+        "etcdserverpb.AlarmRequest.AlarmAction action = 1",
+        "uint64 memberID = 2",
         "etcdserverpb.AlarmType alarm = 3",
     },
     "etcdserverpb.AlarmMember": {"uint64 memberID = 1", "etcdserverpb.AlarmType alarm = 2"},
     "etcdserverpb.AlarmResponse": {H, "repeated etcdserverpb.AlarmMember alarms = 2"},
     "etcdserverpb.StatusRequest": set(),
     "etcdserverpb.StatusResponse": {
-        H, "string version = 2", "int64 dbSize = 3", "uint64 leader = 4",
-        "uint64 raftIndex = 5", "uint64 raftTerm = 6", "uint64 raftAppliedIndex = 7",
-        "repeated string errors = 8", "int64 dbSizeInUse = 9", "bool isLearner = 10",
+        H,
+        "string version = 2",
+        "int64 dbSize = 3",
+        "uint64 leader = 4",
+        "uint64 raftIndex = 5",
+        "uint64 raftTerm = 6",
+        "uint64 raftAppliedIndex = 7",
+        "repeated string errors = 8",
+        "int64 dbSizeInUse = 9",
+        "bool isLearner = 10",
         # 3.6
-        "string storageVersion = 11", "int64 dbSizeQuota = 12",
+        "string storageVersion = 11",
+        "int64 dbSizeQuota = 12",
         "etcdserverpb.DowngradeInfo downgradeInfo = 13",
     },
     "etcdserverpb.DowngradeInfo": {"bool enabled = 1", "string targetVersion = 2"},  # 3.6
@@ -355,16 +424,23 @@ SCHEMA: dict[str, set[str]] = {
     "etcdserverpb.HashResponse": {H, "uint32 hash = 2"},
     "etcdserverpb.HashKVRequest": {"int64 revision = 1"},
     "etcdserverpb.HashKVResponse": {
-        H, "uint32 hash = 2", "int64 compact_revision = 3", "int64 hash_revision = 4",  # 4: 3.6
+        H,
+        "uint32 hash = 2",
+        "int64 compact_revision = 3",
+        "int64 hash_revision = 4",  # 4: 3.6
     },
     "etcdserverpb.SnapshotRequest": set(),
     "etcdserverpb.SnapshotResponse": {
-        H, "uint64 remaining_bytes = 2", "bytes blob = 3", "string version = 4",  # 4: 3.6
+        H,
+        "uint64 remaining_bytes = 2",
+        "bytes blob = 3",
+        "string version = 4",  # 4: 3.6
     },
     "etcdserverpb.MoveLeaderRequest": {"uint64 targetID = 1"},
     "etcdserverpb.MoveLeaderResponse": {H},
     "etcdserverpb.DowngradeRequest": {
-        "etcdserverpb.DowngradeRequest.DowngradeAction action = 1", "string version = 2",
+        "etcdserverpb.DowngradeRequest.DowngradeAction action = 1",
+        "string version = 2",
     },
     "etcdserverpb.DowngradeResponse": {H, "string version = 2"},
     # Auth
@@ -373,13 +449,17 @@ SCHEMA: dict[str, set[str]] = {
     "etcdserverpb.AuthStatusRequest": set(),
     "etcdserverpb.AuthenticateRequest": {"string name = 1", "string password = 2"},
     "etcdserverpb.AuthUserAddRequest": {
-        "string name = 1", "string password = 2", "authpb.UserAddOptions options = 3",
+        "string name = 1",
+        "string password = 2",
+        "authpb.UserAddOptions options = 3",
         "string hashedPassword = 4",
     },
     "etcdserverpb.AuthUserGetRequest": {"string name = 1"},
     "etcdserverpb.AuthUserDeleteRequest": {"string name = 1"},
     "etcdserverpb.AuthUserChangePasswordRequest": {
-        "string name = 1", "string password = 2", "string hashedPassword = 3",
+        "string name = 1",
+        "string password = 2",
+        "string hashedPassword = 3",
     },
     "etcdserverpb.AuthUserGrantRoleRequest": {"string user = 1", "string role = 2"},
     "etcdserverpb.AuthUserRevokeRoleRequest": {"string name = 1", "string role = 2"},
@@ -389,10 +469,13 @@ SCHEMA: dict[str, set[str]] = {
     "etcdserverpb.AuthRoleListRequest": set(),
     "etcdserverpb.AuthRoleDeleteRequest": {"string role = 1"},
     "etcdserverpb.AuthRoleGrantPermissionRequest": {
-        "string name = 1", "authpb.Permission perm = 2",
+        "string name = 1",
+        "authpb.Permission perm = 2",
     },
     "etcdserverpb.AuthRoleRevokePermissionRequest": {
-        "string role = 1", "bytes key = 2", "bytes range_end = 3",
+        "string role = 1",
+        "bytes key = 2",
+        "bytes range_end = 3",
     },
     "etcdserverpb.AuthEnableResponse": {H},
     "etcdserverpb.AuthDisableResponse": {H},
@@ -420,7 +503,10 @@ SCHEMA: dict[str, set[str]] = {
     "v3electionpb.CampaignRequest": {"bytes name = 1", "int64 lease = 2", "bytes value = 3"},
     "v3electionpb.CampaignResponse": {H, "v3electionpb.LeaderKey leader = 2"},
     "v3electionpb.LeaderKey": {
-        "bytes name = 1", "bytes key = 2", "int64 rev = 3", "int64 lease = 4",
+        "bytes name = 1",
+        "bytes key = 2",
+        "int64 rev = 3",
+        "int64 lease = 4",
     },
     "v3electionpb.LeaderRequest": {"bytes name = 1"},
     "v3electionpb.LeaderResponse": {H, f"{KV} kv = 2"},
@@ -450,11 +536,19 @@ ENUMS: dict[str, dict[str, int]] = {
     "authpb.Permission.Type": {"READ": 0, "WRITE": 1, "READWRITE": 2},
     "etcdserverpb.RangeRequest.SortOrder": {"NONE": 0, "ASCEND": 1, "DESCEND": 2},
     "etcdserverpb.RangeRequest.SortTarget": {
-        "KEY": 0, "VERSION": 1, "CREATE": 2, "MOD": 3, "VALUE": 4,
+        "KEY": 0,
+        "VERSION": 1,
+        "CREATE": 2,
+        "MOD": 3,
+        "VALUE": 4,
     },
     "etcdserverpb.Compare.CompareResult": {"EQUAL": 0, "GREATER": 1, "LESS": 2, "NOT_EQUAL": 3},
     "etcdserverpb.Compare.CompareTarget": {
-        "VERSION": 0, "CREATE": 1, "MOD": 2, "VALUE": 3, "LEASE": 4,
+        "VERSION": 0,
+        "CREATE": 1,
+        "MOD": 2,
+        "VALUE": 3,
+        "LEASE": 4,
     },
     "etcdserverpb.WatchCreateRequest.FilterType": {"NOPUT": 0, "NODELETE": 1},
     "etcdserverpb.AlarmType": {"NONE": 0, "NOSPACE": 1, "CORRUPT": 2},
@@ -534,7 +628,11 @@ def test_enums() -> None:
 
 def test_packages_and_file_dependencies() -> None:
     assert [m.DESCRIPTOR.package for m in FILES] == [
-        "mvccpb", "authpb", "etcdserverpb", "v3lockpb", "v3electionpb",
+        "mvccpb",
+        "authpb",
+        "etcdserverpb",
+        "v3lockpb",
+        "v3electionpb",
     ]
     deps = {m.DESCRIPTOR.name: {d.package for d in m.DESCRIPTOR.dependencies} for m in FILES}
     assert deps == {
@@ -595,7 +693,9 @@ SERVICES: dict[str, dict[str, tuple[str, str, str]]] = {
         "UserList": ("AuthUserListRequest", "AuthUserListResponse", U),
         "UserDelete": ("AuthUserDeleteRequest", "AuthUserDeleteResponse", U),
         "UserChangePassword": (
-            "AuthUserChangePasswordRequest", "AuthUserChangePasswordResponse", U,
+            "AuthUserChangePasswordRequest",
+            "AuthUserChangePasswordResponse",
+            U,
         ),
         "UserGrantRole": ("AuthUserGrantRoleRequest", "AuthUserGrantRoleResponse", U),
         "UserRevokeRole": ("AuthUserRevokeRoleRequest", "AuthUserRevokeRoleResponse", U),
@@ -604,10 +704,14 @@ SERVICES: dict[str, dict[str, tuple[str, str, str]]] = {
         "RoleList": ("AuthRoleListRequest", "AuthRoleListResponse", U),
         "RoleDelete": ("AuthRoleDeleteRequest", "AuthRoleDeleteResponse", U),
         "RoleGrantPermission": (
-            "AuthRoleGrantPermissionRequest", "AuthRoleGrantPermissionResponse", U,
+            "AuthRoleGrantPermissionRequest",
+            "AuthRoleGrantPermissionResponse",
+            U,
         ),
         "RoleRevokePermission": (
-            "AuthRoleRevokePermissionRequest", "AuthRoleRevokePermissionResponse", U,
+            "AuthRoleRevokePermissionRequest",
+            "AuthRoleRevokePermissionResponse",
+            U,
         ),
     },
     "v3lockpb.Lock": {
@@ -644,7 +748,8 @@ def test_services_methods_and_streaming_kinds() -> None:
 
 def test_grpc_stubs_and_servicers_exist() -> None:
     modules = {
-        "etcdserverpb": rpc_pb2_grpc, "v3lockpb": v3lock_pb2_grpc,
+        "etcdserverpb": rpc_pb2_grpc,
+        "v3lockpb": v3lock_pb2_grpc,
         "v3electionpb": v3election_pb2_grpc,
     }
     channel = grpc.insecure_channel("127.0.0.1:1")  # never connected: stubs are lazy
@@ -667,9 +772,7 @@ class _KV(rpc_pb2_grpc.KVServicer):
         self, request: rpc_pb2.RangeRequest, context: grpc.ServicerContext
     ) -> rpc_pb2.RangeResponse:
         kv = kv_pb2.KeyValue(key=request.key, value=b"bar", create_revision=2, mod_revision=2)
-        return rpc_pb2.RangeResponse(
-            header=rpc_pb2.ResponseHeader(revision=2), kvs=[kv], count=1
-        )
+        return rpc_pb2.RangeResponse(header=rpc_pb2.ResponseHeader(revision=2), kvs=[kv], count=1)
 
 
 class _Election(v3election_pb2_grpc.ElectionServicer):

@@ -1,0 +1,72 @@
+"""`python -m cluster`: run one member until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import grpc
+
+from cluster.config import ConfigError, MemberConfig, load
+from cluster.proto.etcdserverpb import rpc_pb2_grpc
+
+log = logging.getLogger("cluster")
+
+
+async def serve(cfg: MemberConfig) -> None:
+    from cluster.server.cluster import ClusterServicer
+    from cluster.server.kv import KVServicer, grpc_server_options
+    from cluster.server.maintenance import MaintenanceServicer
+    from cluster.server.member import Member
+
+    member = Member(cfg)
+    await member.start()
+    server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
+    rpc_pb2_grpc.add_KVServicer_to_server(KVServicer(member), server)
+    rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(member), server)
+    rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(member), server)
+    for url in cfg.listen_client_urls:
+        if url.scheme != "http":
+            raise ConfigError(f"--listen-client-urls: {url}: TLS is not supported yet")
+        server.add_insecure_port(f"{url.host}:{url.port}")
+    await server.start()
+    log.info(
+        "member %x (%s) of cluster %x serving clients on %s",
+        member.id,
+        cfg.name,
+        member.cluster_id,
+        ",".join(map(str, cfg.listen_client_urls)),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: finishing in-flight requests")
+    await server.stop(grace=2.0)
+    await member.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("ETCD_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg = load(sys.argv[1:] if argv is None else argv, os.environ)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(cfg))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

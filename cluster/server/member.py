@@ -1,0 +1,303 @@
+"""One member: drives its Raft node, persists, talks to peers, applies, answers clients.
+
+Everything runs on one asyncio loop: ticks every --heartbeat-interval; each
+Ready is persisted (WAL + snapshot files) before its messages go out and its
+committed entries are applied to the MVCC store; a client write waits until
+its entry is applied here; a linearizable read waits for a ReadIndex and for
+the apply step to reach it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import struct
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+
+from cluster.config import URL, MemberConfig, compute_member_id
+from cluster.mvcc.store import KVStore
+from cluster.proto.etcdserverpb import rpc_pb2 as pb
+from cluster.raft import (
+    ConfChange,
+    Config,
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    ProposalDropped,
+    RaftNode,
+    Ready,
+    StateType,
+)
+from cluster.storage.backend import Backend
+from cluster.storage.durable import RaftLogStore, Retention, open_raft_log
+
+from . import kvconv
+from .kvconv import RequestError
+from .requests import WriteRequest, decode_request, encode_request
+from .transport import PeerTransport
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ERR_NO_LEADER = RequestError(grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
+ERR_TIMEOUT = RequestError(grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out")
+ERR_STOPPING = RequestError(grpc.StatusCode.UNAVAILABLE, "etcdserver: server stopped")
+
+_READ_CTX = struct.Struct(">QQ")  # member id, read id
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    id: int
+    name: str
+    peer_urls: tuple[URL, ...]
+
+
+class Member:
+    """A running member. ``start`` opens its data dir and listens for peers."""
+
+    def __init__(self, cfg: MemberConfig) -> None:
+        self.cfg = cfg
+        self.id = cfg.member_id
+        self.cluster_id = cfg.cluster_id
+        self.peers = [
+            PeerInfo(compute_member_id(urls, cfg.initial_cluster_token), name, urls)
+            for name, urls in cfg.initial_cluster.items()
+        ]
+        self.request_timeout = 5.0 + 2 * cfg.election_timeout_ms / 1000
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[object]] = {}
+        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.conf = ConfState()
+
+    # -- lifecycle ------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.cfg
+        retention = Retention(
+            snapshot_count=cfg.snapshot_count,
+            max_wals=cfg.max_wals,
+            max_snapshots=cfg.max_snapshots,
+        )
+        self.log_store: RaftLogStore = open_raft_log(
+            cfg.data_dir, self.id, self.cluster_id, retention=retention
+        )
+        self.backend = Backend(self.log_store.paths.db_path, quota_bytes=cfg.quota_backend_bytes)
+        if self.backend.member_ids() is None:
+            self.backend.set_member_ids(self.id, self.cluster_id)
+        self.backend.check_member_ids(self.id, self.cluster_id)
+        self.kv = KVStore(self.backend, max_txn_ops=cfg.max_txn_ops)
+        if self.log_store.is_new:
+            self.log_store.bootstrap(sorted(p.id for p in self.peers))
+        snap = self.log_store.storage.snapshot()
+        self.conf = snap.metadata.conf_state
+        self.node = RaftNode(
+            Config(
+                id=self.id,
+                rng=random.Random(),
+                election_tick=cfg.election_ticks,
+                heartbeat_tick=1,
+                applied=snap.metadata.index,
+            ),
+            self.log_store.storage,
+        )
+        self.transport = PeerTransport(
+            self.id,
+            self.cluster_id,
+            self._receive,
+            on_unreachable=self.node.report_unreachable,
+            on_snapshot_status=self.node.report_snapshot,
+        )
+        peer_url = cfg.listen_peer_urls[0]
+        await self.transport.listen(peer_url.host, peer_url.port)
+        for peer in self.peers:
+            if peer.id != self.id:
+                self.transport.set_peer(peer.id, peer.peer_urls[0].host, peer.peer_urls[0].port)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._tick_loop()), loop.create_task(self._ready_loop())]
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop serving: fail waiting requests, persist what is pending, close files."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.transport.close()
+        pending: list[asyncio.Future[object] | asyncio.Future[int]] = [
+            *self._waiting.values(),
+            *self._reads.values(),
+        ]
+        for fut in pending:
+            if not fut.done():
+                fut.set_exception(ERR_STOPPING)
+        self.backend.close()  # commits the pending batch
+        self.log_store.close()
+
+    # -- clients ----------------------------------------------------------------
+    def header(self) -> pb.ResponseHeader:
+        return pb.ResponseHeader(
+            cluster_id=self.cluster_id,
+            member_id=self.id,
+            revision=self.kv.current_revision,
+            raft_term=self.node.term,
+        )
+
+    def fill_header(self, header: pb.ResponseHeader) -> None:
+        kvconv.fill_header(
+            header,
+            cluster_id=self.cluster_id,
+            member_id=self.id,
+            raft_term=self.node.term,
+            revision=self.kv.current_revision,
+        )
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self.cfg.max_request_bytes
+
+    @property
+    def max_txn_ops(self) -> int:
+        return self.cfg.max_txn_ops
+
+    @property
+    def leader(self) -> int:
+        return self.node.lead
+
+    async def write(self, request: WriteRequest) -> object:
+        """Propose ``request`` through Raft; its response once applied on this member."""
+        request_id = next(self._ids)
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = fut
+        try:
+            try:
+                self.node.propose(encode_request(self.id, request_id, request))
+            except ProposalDropped as exc:
+                raise ERR_NO_LEADER from exc
+            self._wake.set()
+            return await self._within_timeout(fut)
+        finally:
+            self._waiting.pop(request_id, None)
+
+    async def read(self, request: pb.RangeRequest) -> pb.RangeResponse:
+        if not request.serializable:
+            await self.linearizable_barrier()
+        response = kvconv.do_range(self.kv, request)
+        self.fill_header(response.header)
+        return response
+
+    async def linearizable_barrier(self) -> None:
+        """Wait until this member has applied everything committed before now (ReadIndex)."""
+        ctx = _READ_CTX.pack(self.id, next(self._ids))
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads[ctx] = fut
+        try:
+            try:
+                self.node.read_index(ctx)
+            except ProposalDropped as exc:
+                raise ERR_NO_LEADER from exc
+            self._wake.set()
+            index = await self._within_timeout(fut)
+        finally:
+            self._reads.pop(ctx, None)
+        if self.node.log.applied < index:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._applied_waiters.append((index, waiter))
+            await self._within_timeout(waiter)
+
+    async def _within_timeout(self, fut: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                return await fut
+        except TimeoutError as exc:
+            raise ERR_TIMEOUT from exc
+
+    # -- the Raft loop ----------------------------------------------------------
+    def _receive(self, messages: list[Message]) -> None:
+        for m in messages:
+            self.node.step_remote(m)
+        self._wake.set()
+
+    async def _tick_loop(self) -> None:
+        interval = self.cfg.heartbeat_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            self.node.tick()
+            self.backend.commit_if_due(asyncio.get_running_loop().time())
+            self._wake.set()
+
+    async def _ready_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.node.has_ready():
+                self._handle(self.node.ready())
+
+    def _handle(self, rd: Ready) -> None:
+        self.log_store.save(rd)  # durable before anything depends on it
+        self.transport.send(rd.messages)
+        if rd.snapshot is not None:
+            self.conf = rd.snapshot.metadata.conf_state
+            log.warning("installing a leader's snapshot needs the backend transfer (not yet built)")
+        for entry in rd.committed_entries:
+            self._apply(entry)
+        for rs in rd.read_states:
+            fut = self._reads.get(rs.request_ctx)
+            if fut is not None and not fut.done():
+                fut.set_result(rs.index)
+        if rd.soft_state is not None and rd.soft_state.state == StateType.LEADER:
+            log.info("member %x became leader at term %d", self.id, self.node.term)
+        self.node.advance(rd)
+        self._after_apply()
+
+    def _apply(self, entry: Entry) -> None:
+        batch = self.backend.batch()
+        applied_before, _ = batch.consistent_index()
+        if entry.type == EntryType.CONF_CHANGE:
+            self.conf = self.node.apply_conf_change(ConfChange.decode(entry.data))
+        if entry.index <= applied_before:
+            return  # already in the backend (restart replay): never apply twice
+        if entry.type == EntryType.NORMAL and entry.data:
+            proposed = decode_request(entry.data)
+            response: object
+            try:
+                response = kvconv.apply_request(self.kv, proposed.request)
+            except RequestError as exc:
+                response = exc  # deterministic: every member refuses it the same way
+            fut = self._waiting.get(proposed.request_id) if proposed.origin == self.id else None
+            if fut is not None and not fut.done():
+                if isinstance(response, RequestError):
+                    fut.set_exception(response)
+                else:
+                    self.fill_header(response.header)
+                    fut.set_result(response)
+        batch.set_consistent_index(entry.index, entry.term)
+
+    def _after_apply(self) -> None:
+        applied = self.node.log.applied
+        if self._applied_waiters:
+            still = []
+            for index, waiter in self._applied_waiters:
+                if applied >= index:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                else:
+                    still.append((index, waiter))
+            self._applied_waiters = still
+        self.backend.commit_if_due(asyncio.get_running_loop().time())
+        if self.log_store.snapshot_due(applied):
+            self.backend.commit()  # the snapshot must never be ahead of the backend
+            self.log_store.snapshot(applied, self.conf)
