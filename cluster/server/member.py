@@ -41,7 +41,7 @@ from cluster.storage.durable import RaftLogStore, Retention, open_raft_log
 
 from . import kvconv
 from .kvconv import RequestError
-from .requests import WriteRequest, decode_request, encode_request
+from .requests import InternalRequest, decode_request, encode_request
 from .transport import PeerTransport
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,11 @@ class Member:
             if peer.id != self.id:
                 self.transport.set_peer(peer.id, peer.peer_urls[0].host, peer.peer_urls[0].port)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._tick_loop()), loop.create_task(self._ready_loop())]
+        self._tasks = [
+            loop.create_task(self._tick_loop()),
+            loop.create_task(self._ready_loop()),
+            loop.create_task(self._publish()),
+        ]
         self._wake.set()
 
     async def stop(self) -> None:
@@ -177,7 +181,7 @@ class Member:
     def leader(self) -> int:
         return self.node.lead
 
-    async def write(self, request: WriteRequest) -> object:
+    async def write(self, request: InternalRequest) -> object:
         """Propose ``request`` through Raft; its response once applied on this member."""
         request_id = next(self._ids)
         fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
@@ -274,7 +278,10 @@ class Member:
             proposed = decode_request(entry.data)
             response: object
             try:
-                response = kvconv.apply_request(self.kv, proposed.request)
+                if isinstance(proposed.request, pb.Member):
+                    response = self._apply_publish(proposed.request)
+                else:
+                    response = kvconv.apply_request(self.kv, proposed.request)
             except RequestError as exc:
                 response = exc  # deterministic: every member refuses it the same way
             fut = self._waiting.get(proposed.request_id) if proposed.origin == self.id else None
@@ -285,6 +292,45 @@ class Member:
                     self.fill_header(response.header)
                     fut.set_result(response)
         batch.set_consistent_index(entry.index, entry.term)
+
+    def _apply_publish(self, attrs: pb.Member) -> pb.MemberListResponse:
+        self.backend.batch().put("members", attrs.ID.to_bytes(8, "big"), attrs.SerializeToString())
+        return pb.MemberListResponse()
+
+    def members(self) -> list[pb.Member]:
+        """Every member in the current configuration, with its published attributes."""
+        batch = self.backend.batch()
+        initial = {p.id: p for p in self.peers}
+        out = []
+        for member_id in sorted(self.conf.voters | self.conf.learners):
+            member = pb.Member(ID=member_id, isLearner=member_id in self.conf.learners)
+            raw = batch.get("members", member_id.to_bytes(8, "big"))
+            if raw is not None:
+                member.MergeFromString(raw)
+                member.isLearner = member_id in self.conf.learners
+            elif member_id in initial:
+                member.name = initial[member_id].name
+                member.peerURLs.extend(str(u) for u in initial[member_id].peer_urls)
+            out.append(member)
+        return out
+
+    async def _publish(self) -> None:
+        """Tell the cluster this member's name and client URLs, retrying until it sticks."""
+        attrs = pb.Member(
+            ID=self.id,
+            name=self.cfg.name,
+            peerURLs=[str(u) for u in self.cfg.initial_advertise_peer_urls],
+            clientURLs=[str(u) for u in self.cfg.advertise_client_urls],
+        )
+        while True:
+            raw = self.backend.batch().get("members", self.id.to_bytes(8, "big"))
+            if raw is not None and pb.Member.FromString(raw) == attrs:
+                return
+            try:
+                await self.write(attrs)
+                return
+            except RequestError:
+                await asyncio.sleep(self.cfg.election_timeout_ms / 1000)
 
     def _after_apply(self) -> None:
         applied = self.node.log.applied

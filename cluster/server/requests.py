@@ -12,6 +12,8 @@ from cluster.storage.codec import CodecError
 _HEADER = struct.Struct(">QQB")  # origin member id, request id, kind
 
 WriteRequest = pb.PutRequest | pb.DeleteRangeRequest | pb.TxnRequest | pb.CompactionRequest
+# A member publishing its name and client URLs to the cluster (etcd's "publish").
+InternalRequest = WriteRequest | pb.Member
 
 
 class RequestKind(enum.IntEnum):
@@ -19,6 +21,7 @@ class RequestKind(enum.IntEnum):
     DELETE_RANGE = 2
     TXN = 3
     COMPACTION = 4
+    PUBLISH_MEMBER = 5
 
 
 _KIND_OF: dict[type, RequestKind] = {
@@ -26,6 +29,7 @@ _KIND_OF: dict[type, RequestKind] = {
     pb.DeleteRangeRequest: RequestKind.DELETE_RANGE,
     pb.TxnRequest: RequestKind.TXN,
     pb.CompactionRequest: RequestKind.COMPACTION,
+    pb.Member: RequestKind.PUBLISH_MEMBER,
 }
 _TYPE_OF = {kind: cls for cls, kind in _KIND_OF.items()}
 
@@ -34,10 +38,10 @@ _TYPE_OF = {kind: cls for cls, kind in _KIND_OF.items()}
 class ProposedRequest:
     origin: int  # the member whose client is waiting for the answer
     request_id: int
-    request: WriteRequest
+    request: InternalRequest
 
 
-def encode_request(origin: int, request_id: int, request: WriteRequest) -> bytes:
+def encode_request(origin: int, request_id: int, request: InternalRequest) -> bytes:
     return _HEADER.pack(origin, request_id, _KIND_OF[type(request)]) + request.SerializeToString()
 
 
