@@ -53,6 +53,7 @@ class MemberConfig:
     quota_backend_bytes: int
     auto_compaction_mode: str
     auto_compaction_retention: str
+    snapshot_catchup_entries: int = 5000
 
     @property
     def member_id(self) -> int:
@@ -215,6 +216,12 @@ FLAGS: tuple[_Flag, ...] = (
         choices=("periodic", "revision"),
     ),
     _Flag(
+        "experimental-snapshot-catchup-entries",
+        "5000",
+        "entries kept behind a snapshot for slow followers to catch up from",
+        integer=True,
+    ),
+    _Flag(
         "auto-compaction-retention",
         "0",
         "auto compaction retention for the mvcc key-value store (0 disables it)",
@@ -316,4 +323,5 @@ def _build(raw: dict[str, str]) -> MemberConfig:
         quota_backend_bytes=quota,
         auto_compaction_mode=raw["auto-compaction-mode"],
         auto_compaction_retention=raw["auto-compaction-retention"],
+        snapshot_catchup_entries=num("experimental-snapshot-catchup-entries"),
     )

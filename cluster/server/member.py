@@ -31,12 +31,14 @@ from cluster.raft import (
     Entry,
     EntryType,
     Message,
+    MessageType,
     ProposalDropped,
     RaftNode,
     Ready,
+    Snapshot,
     StateType,
 )
-from cluster.storage.backend import Backend
+from cluster.storage.backend import Backend, install_snapshot
 from cluster.storage.durable import RaftLogStore, Retention, open_raft_log
 
 from . import kvconv
@@ -89,6 +91,7 @@ class Member:
             snapshot_count=cfg.snapshot_count,
             max_wals=cfg.max_wals,
             max_snapshots=cfg.max_snapshots,
+            catch_up_entries=cfg.snapshot_catchup_entries,
         )
         self.log_store: RaftLogStore = open_raft_log(
             cfg.data_dir, self.id, self.cluster_id, retention=retention
@@ -251,11 +254,17 @@ class Member:
                 self._handle(self.node.ready())
 
     def _handle(self, rd: Ready) -> None:
-        self.log_store.save(rd)  # durable before anything depends on it
-        self.transport.send(rd.messages)
         if rd.snapshot is not None:
+            # A leader's snapshot: its data is the leader's whole backend. Install
+            # that first, so the durable snapshot marker is never ahead of it.
+            self._install_backend(rd.snapshot.data)
+            rd.snapshot = Snapshot(rd.snapshot.metadata, b"")  # the .snap file keeps metadata
             self.conf = rd.snapshot.metadata.conf_state
-            log.warning("installing a leader's snapshot needs the backend transfer (not yet built)")
+        self.log_store.save(rd)  # durable before anything depends on it
+        for m in rd.messages:
+            if m.type == MessageType.SNAP and m.snapshot is not None:
+                m.snapshot = Snapshot(m.snapshot.metadata, self._backend_image())
+        self.transport.send(rd.messages)
         for entry in rd.committed_entries:
             self._apply(entry)
         for rs in rd.read_states:
@@ -292,6 +301,30 @@ class Member:
                     self.fill_header(response.header)
                     fut.set_result(response)
         batch.set_consistent_index(entry.index, entry.term)
+
+    def _backend_image(self) -> bytes:
+        """The committed backend as one blob of length-prefixed stream chunks."""
+        self.backend.commit()
+        return b"".join(
+            len(chunk).to_bytes(4, "big") + chunk for chunk in self.backend.snapshot_chunks()
+        )
+
+    def _install_backend(self, image: bytes) -> None:
+        """Replace this member's backend with a leader's (checksummed, atomic)."""
+        chunks = []
+        at = 0
+        while at < len(image):
+            size = int.from_bytes(image[at : at + 4], "big")
+            chunks.append(image[at + 4 : at + 4 + size])
+            at += 4 + size
+        path = self.backend.path
+        self.backend.batch().abort()  # whatever it held is superseded by the image
+        self.backend.close()
+        install_snapshot(path, chunks)
+        self.backend = Backend(path, quota_bytes=self.cfg.quota_backend_bytes)
+        self.kv = KVStore(self.backend, max_txn_ops=self.cfg.max_txn_ops)
+        index = self.backend.consistent_index()[0]
+        log.info("installed the leader's backend (consistent index %d)", index)
 
     def _apply_publish(self, attrs: pb.Member) -> pb.MemberListResponse:
         self.backend.batch().put("members", attrs.ID.to_bytes(8, "big"), attrs.SerializeToString())

@@ -92,3 +92,9 @@ def test_help_lists_every_flag_with_its_variable() -> None:
                  "--quota-backend-bytes", "--auto-compaction-retention"):  # fmt: skip
         assert flag in text
     assert "ETCD_INITIAL_CLUSTER_STATE" in text
+
+
+def test_snapshot_catchup_entries_flag() -> None:
+    assert load([], {}).snapshot_catchup_entries == 5000
+    c = load(["--experimental-snapshot-catchup-entries", "7"], {})
+    assert c.snapshot_catchup_entries == 7
