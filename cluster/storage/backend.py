@@ -17,7 +17,8 @@ committed data (``read_txn``) may come from any thread.
 A follower too far behind gets the whole database: ``snapshot_chunks`` streams
 a consistent, compacted copy framed as ``kind (1 byte) + payload`` chunks and
 a final trailer with the SHA-256 and length of the data; ``install_snapshot``
-writes it beside the db, verifies it, and renames it over the db.
+writes it beside the db, verifies it, and renames it over the db. ``defrag``
+rewrites the db without its free pages, as etcd's defragment does.
 """
 
 from __future__ import annotations
@@ -119,6 +120,12 @@ class ReadTxn:
 
     def consistent_index(self) -> tuple[int, int]:
         return _decode_consistent_index(self.get("meta", CONSISTENT_INDEX_KEY))
+
+    def items(self, bucket: str) -> Iterator[tuple[bytes, bytes]]:
+        """Every ``(key, value)`` of ``bucket`` in key order, read lazily (a cursor)."""
+        with self._txn.cursor(db=self._dbs[bucket]) as cur:
+            for key, value in cur:
+                yield bytes(key), bytes(value)
 
 
 def _decode_consistent_index(raw: bytes | None) -> tuple[int, int]:
@@ -283,19 +290,7 @@ class Backend:
         self.batch_limit = batch_limit
         self.batch_interval = batch_interval
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-        try:
-            self.env = lmdb.open(
-                path,
-                subdir=False,
-                map_size=_page_rounded(quota_bytes),
-                max_dbs=_MAX_DBS,
-                sync=True,
-                metasync=True,
-                lock=True,
-                mode=0o600,
-            )
-        except lmdb.Error as exc:
-            raise BackendError(f"backend: cannot open {path}: {exc}") from exc
+        self.env = self._open_env()
         try:
             self.dbs = self._open_buckets()
         except BaseException:
@@ -304,6 +299,21 @@ class Backend:
         self._batch = BatchTx(self)
         self._last_commit: float | None = None
         self._closed = False
+
+    def _open_env(self) -> lmdb.Environment:
+        try:
+            return lmdb.open(
+                self.path,
+                subdir=False,
+                map_size=_page_rounded(self.quota_bytes),
+                max_dbs=_MAX_DBS,
+                sync=True,
+                metasync=True,
+                lock=True,
+                mode=0o600,
+            )
+        except lmdb.Error as exc:
+            raise BackendError(f"backend: cannot open {self.path}: {exc}") from exc
 
     def _open_buckets(self) -> dict[str, lmdb._Database]:
         with self.env.begin(write=True) as txn:
@@ -429,6 +439,45 @@ class Backend:
             f.close()
             raise
         return _framed(f, chunk_size)
+
+    def defrag(self) -> None:
+        """Rewrite the db without its free pages (etcd's Defrag); the file shrinks.
+
+        Commits the batch, writes a compacted copy beside the db, fsyncs it,
+        closes the environment, renames the copy over the db (then fsyncs the
+        directory) and reopens it. A crash leaves either the old or the new
+        db, both holding the same committed data. Every read transaction
+        must have ended: the environment is closed under them. Runs in the
+        caller's thread, which must own the batch; nothing else may use the
+        backend meanwhile (the member's single event loop guarantees it).
+        """
+        self._batch.commit()
+        tmp = self.path + ".defrag"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                self.env.copyfd(fd, compact=True)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self.env.close()
+        try:
+            os.rename(tmp, self.path)
+            dir_fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        finally:
+            # Whatever the rename did, reopen what is at the path now (old or new: same data).
+            self.env = self._open_env()
+            self.dbs = self._open_buckets()
 
     def close(self) -> None:
         """Commit the pending batch (as etcd does on shutdown) and close the environment."""

@@ -475,3 +475,64 @@ def test_a_file_that_is_not_a_database_is_refused_clearly(tmp_path: Path) -> Non
     Path(path).write_bytes(b"not an lmdb file" * 512)
     with pytest.raises(BackendError, match=f"backend: cannot open {path}: "):
         Backend(path)
+
+
+def test_read_txn_items_lists_a_bucket_in_key_order(be: Backend) -> None:
+    batch = be.batch()
+    for key in (b"b", b"\xff\x00", b"a", b"\x00"):
+        batch.put("lease", key, key * 2)
+    be.commit()
+    with be.read_txn() as rtx:
+        assert list(rtx.items("lease")) == [
+            (b"\x00", b"\x00\x00"),
+            (b"a", b"aa"),
+            (b"b", b"bb"),
+            (b"\xff\x00", b"\xff\x00\xff\x00"),
+        ]
+        assert list(rtx.items("auth")) == []
+
+
+def test_defrag_shrinks_the_file_and_keeps_everything(be: Backend) -> None:
+    batch = be.batch()
+    for i in range(2000):
+        batch.put("key", b"%08d" % i, os.urandom(200))
+    be.commit()
+    for i in range(1990):
+        batch.delete("key", b"%08d" % i)
+    batch.put("meta", b"x", b"uncommitted")  # committed by defrag first
+    batch.set_consistent_index(7, 3)
+    before, contents = be.size_bytes(), None
+    be.defrag()
+    contents = dump(be)
+    assert be.size_bytes() < before // 4
+    assert be.size_bytes() == os.path.getsize(be.path)
+    assert len(contents["key"]) == 10
+    assert be.get("meta", b"x") == b"uncommitted"
+    assert be.consistent_index() == (7, 3)
+    assert not os.path.exists(be.path + ".defrag")
+    batch.put("key", b"after", b"1")  # the batch goes on in the new environment
+    be.commit()
+    be.close()
+    reopened = Backend(be.path, quota_bytes=64 * 1024 * 1024)
+    try:
+        assert reopened.get("key", b"after") == b"1"
+        assert dump(reopened)["key"][:10] == contents["key"]
+    finally:
+        reopened.close()
+
+
+def test_defrag_that_cannot_write_its_copy_leaves_the_db_in_use(
+    be: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(be, 10, index=4)
+
+    def broken(fd: int, compact: bool = False) -> None:
+        raise lmdb.Error("disk full")
+
+    env = be.env
+    monkeypatch.setattr(be, "env", type("Env", (), {"copyfd": staticmethod(broken)})())
+    with pytest.raises(lmdb.Error):
+        be.defrag()
+    monkeypatch.setattr(be, "env", env)
+    assert not os.path.exists(be.path + ".defrag")
+    assert len(dump(be)["key"]) == 10
