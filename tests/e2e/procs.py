@@ -1,0 +1,171 @@
+"""Real member processes (`python -m cluster`) on free loopback ports, for the e2e tests.
+
+`Cluster` starts members with etcd's flags; `Cluster.etcdctl` drives them with the real
+etcdctl (v3 API). `running()` starts one, waits until it is ready and kills whatever is still
+running afterwards; the fixtures in conftest.py use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+HAVE_ETCDCTL = shutil.which("etcdctl") is not None
+
+needs_etcdctl = [
+    pytest.mark.etcdctl,
+    # CI installs etcdctl (.ci/run), so there a missing binary is a failure, not a skip.
+    pytest.mark.skipif(
+        not HAVE_ETCDCTL and os.environ.get("CI") != "true",
+        reason="etcdctl is not installed (apt-get install etcd-client)",
+    ),
+]
+"""``pytestmark = needs_etcdctl`` (or ``@pytest.mark.etcdctl``: conftest adds the skip)."""
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@dataclass
+class Proc:
+    name: str
+    client: int
+    peer: int
+    data_dir: Path
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client}"
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:  # the child keeps its own copy of the descriptor
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "cluster", *self.args], cwd=ROOT, stdout=out, stderr=out
+            )
+
+    def signal(self, sig: int) -> None:
+        assert self.popen is not None
+        self.popen.send_signal(sig)
+
+    def wait(self, timeout: float = 15) -> int:
+        assert self.popen is not None
+        return self.popen.wait(timeout)
+
+    def kill(self) -> None:
+        if self.running:
+            assert self.popen is not None
+            self.popen.kill()
+            self.popen.wait(10)
+
+
+class Cluster:
+    def __init__(self, tmp: Path, size: int = 3) -> None:
+        ports = free_ports(2 * size)
+        self.members = [
+            Proc(f"m{i}", ports[2 * i], ports[2 * i + 1], tmp / f"m{i}", tmp / f"m{i}.log")
+            for i in range(size)
+        ]
+        initial = ",".join(f"{m.name}=http://127.0.0.1:{m.peer}" for m in self.members)
+        for m in self.members:
+            m.args = [
+                "--name", m.name, "--data-dir", str(m.data_dir),
+                "--listen-client-urls", f"http://127.0.0.1:{m.client}",
+                "--advertise-client-urls", f"http://127.0.0.1:{m.client}",
+                "--listen-peer-urls", f"http://127.0.0.1:{m.peer}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{m.peer}",
+                "--initial-cluster", initial,
+            ]  # fmt: skip
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def start(self) -> None:
+        for m in self.members:
+            m.start()
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.kill()
+
+    def run_etcdctl(
+        self,
+        *args: str,
+        endpoints: list[Proc] | None = None,
+        stdin: str = "",
+        timeout: float = 30,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run etcdctl (v3 API) against ``endpoints`` (all members by default); never raises."""
+        eps = ",".join(m.endpoint for m in (endpoints or self.members))
+        return subprocess.run(
+            ["etcdctl", "--endpoints", eps, "--command-timeout=8s", *args],
+            input=stdin, capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, "ETCDCTL_API": "3"}, check=False,
+        )  # fmt: skip
+
+    def etcdctl(self, *args: str, endpoints: list[Proc] | None = None, stdin: str = "") -> str:
+        """etcdctl's stdout; an AssertionError with its stderr when it exits non-zero."""
+        done = self.run_etcdctl(*args, endpoints=endpoints, stdin=stdin)
+        if done.returncode != 0:
+            raise AssertionError(f"etcdctl {' '.join(args)} failed: {done.stderr}")
+        return done.stdout
+
+    def statuses(self, members: list[Proc]) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = json.loads(
+            self.etcdctl("endpoint", "status", "-w", "json", endpoints=members)
+        )
+        return out
+
+    def leader(self, members: list[Proc]) -> Proc:
+        for _ in range(100):
+            try:
+                for m, s in zip(members, self.statuses(members), strict=True):
+                    st = s["Status"]
+                    assert isinstance(st, dict)
+                    if st.get("leader") and st.get("leader") == st["header"]["member_id"]:
+                        return m
+            except AssertionError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("no leader")
+
+
+@contextmanager
+def running(
+    tmp: Path, ready: Callable[[Cluster], object] | None = None, size: int = 3
+) -> Iterator[Cluster]:
+    """A started cluster; ``ready`` (default: a leader seen through etcdctl) must pass first."""
+    c = Cluster(tmp, size)
+    c.start()
+    try:
+        (ready or (lambda c: c.leader(c.members)))(c)
+        yield c
+    finally:
+        c.stop()

@@ -1,0 +1,95 @@
+"""Faults with real member processes: a follower far behind, a frozen leader."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.procs import Cluster, Proc
+
+pytestmark = [
+    pytest.mark.etcdctl,
+    pytest.mark.skipif(
+        shutil.which("etcdctl") is None and os.environ.get("CI") != "true",
+        reason="etcdctl is not installed (apt-get install etcd-client)",
+    ),
+]
+
+
+def _small_snapshots(tmp: Path) -> Cluster:
+    c = Cluster(tmp)
+    for m in c.members:
+        m.args += ["--snapshot-count", "20", "--experimental-snapshot-catchup-entries", "5"]
+    c.start()
+    c.leader(c.members)
+    return c
+
+
+def _revision_and_applied(c: Cluster, members: list[Proc]) -> tuple[int, int]:
+    status = c.statuses(members)[0]["Status"]
+    assert isinstance(status, dict)
+    return int(status["header"]["revision"]), int(status["raftAppliedIndex"])
+
+
+def test_a_follower_behind_the_compacted_log_gets_the_leaders_backend(tmp_path: Path) -> None:
+    c = _small_snapshots(tmp_path)
+    try:
+        c.etcdctl("put", "before", "1")
+        leader = c.leader(c.members)
+        follower = next(m for m in c.members if m is not leader)
+        follower.signal(signal.SIGKILL)
+        follower.wait()
+        rest = [m for m in c.members if m is not follower]
+        for i in range(60):  # several snapshots; the leader keeps 5 entries behind each
+            c.etcdctl("put", f"k{i:02}", f"v{i}", endpoints=rest)
+        snaps = list((leader.data_dir / "member" / "snap").glob("*.snap"))
+        assert snaps, "the leader never took a snapshot"
+        follower.start()
+        for _ in range(100):
+            keys = c.etcdctl("get", "--prefix", "k", "--keys-only", "--consistency=s",
+                             endpoints=[follower]).split()  # fmt: skip
+            if len(keys) == 60:
+                break
+            time.sleep(0.1)
+        assert keys == [f"k{i:02}" for i in range(60)]
+        assert "installed the leader's backend" in follower.log.read_text()
+        # All members agree on the revision and what they applied.
+        for _ in range(50):
+            views = {_revision_and_applied(c, [m]) for m in c.members}
+            if len(views) == 1:
+                break
+            time.sleep(0.1)
+        assert len(views) == 1
+        c.etcdctl("put", "after", "2", endpoints=[follower])  # and it keeps working
+    finally:
+        c.stop()
+
+
+def test_a_frozen_leader_acknowledges_nothing_stale_after_it_resumes(tmp_path: Path) -> None:
+    c = Cluster(tmp_path)
+    c.start()
+    try:
+        leader = c.leader(c.members)
+        c.etcdctl("put", "x", "1")
+        leader.signal(signal.SIGSTOP)
+        rest = [m for m in c.members if m is not leader]
+        time.sleep(2.5)  # past the election timeout (1 s)
+        c.leader(rest)
+        c.etcdctl("put", "x", "2", endpoints=rest)
+        leader.signal(signal.SIGCONT)
+        # The old leader must not serve the stale value in a linearizable read.
+        done = c.run_etcdctl("get", "x", "--print-value-only", endpoints=[leader])
+        assert done.returncode != 0 or done.stdout.split() == ["2"], done.stdout
+        for _ in range(50):
+            done = c.run_etcdctl("get", "x", "--print-value-only", endpoints=[leader])
+            if done.returncode == 0:
+                break
+            time.sleep(0.1)
+        assert done.stdout.split() == ["2"]
+    finally:
+        c.stop()
