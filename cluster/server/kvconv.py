@@ -18,7 +18,7 @@ raft_term; revision only where it is still 0), as etcd's ``header.fill``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final, TypeVar, cast
+from typing import Final, Protocol, TypeVar, cast
 
 import grpc
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
@@ -96,6 +96,15 @@ __all__ = [
 ]
 
 _Op = TypeVar("_Op")
+
+
+class _Changes(Protocol):
+    @property
+    def changes(self) -> list[KeyValue]: ...
+
+
+_Result = TypeVar("_Result", bound=_Changes)
+_Resp = TypeVar("_Resp")
 
 WriteRequest = pb.PutRequest | pb.DeleteRangeRequest | pb.TxnRequest | pb.CompactionRequest
 WriteResponse = pb.PutResponse | pb.DeleteRangeResponse | pb.TxnResponse | pb.CompactionResponse
@@ -422,47 +431,45 @@ def do_range(store: KVStore, req: pb.RangeRequest) -> pb.RangeResponse:
     return resp
 
 
-def apply_put(
-    store: KVStore, req: pb.PutRequest, *, changes: list[KeyValue] | None = None
-) -> pb.PutResponse:
+def _write(
+    run: Callable[[], _Result],
+    fill: Callable[[_Resp, _Result], None],
+    resp: _Resp,
+    changes: list[KeyValue] | None,
+) -> _Resp:
+    """Run one store write; its response, and its change events appended to ``changes``."""
     try:
-        result = store.put_request(_put_req(req))
+        result = run()
     except MVCCError as err:
         raise _request_error(err) from err
     if changes is not None:
         changes += result.changes
-    resp = pb.PutResponse()
-    _fill_put(resp, result)
+    fill(resp, result)
     return resp
+
+
+def apply_put(
+    store: KVStore, req: pb.PutRequest, *, changes: list[KeyValue] | None = None
+) -> pb.PutResponse:
+    return _write(lambda: store.put_request(_put_req(req)), _fill_put, pb.PutResponse(), changes)
 
 
 def apply_delete_range(
     store: KVStore, req: pb.DeleteRangeRequest, *, changes: list[KeyValue] | None = None
 ) -> pb.DeleteRangeResponse:
-    try:
-        result = store.delete_range_request(_delete_req(req))
-    except MVCCError as err:
-        raise _request_error(err) from err
-    if changes is not None:
-        changes += result.changes
-    resp = pb.DeleteRangeResponse()
-    _fill_delete(resp, result)
-    return resp
+    return _write(
+        lambda: store.delete_range_request(_delete_req(req)),
+        _fill_delete,
+        pb.DeleteRangeResponse(),
+        changes,
+    )
 
 
 def apply_txn(
     store: KVStore, req: pb.TxnRequest, *, changes: list[KeyValue] | None = None
 ) -> pb.TxnResponse:
     """A txn, nested ones included; a read-only txn reads and changes nothing."""
-    try:
-        result = store.txn_request(_txn_req(req))
-    except MVCCError as err:
-        raise _request_error(err) from err
-    if changes is not None:
-        changes += result.changes
-    resp = pb.TxnResponse()
-    _fill_txn(resp, result)
-    return resp
+    return _write(lambda: store.txn_request(_txn_req(req)), _fill_txn, pb.TxnResponse(), changes)
 
 
 def apply_compaction(

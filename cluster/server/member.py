@@ -19,8 +19,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import grpc
-
 from cluster.config import URL, MemberConfig, compute_member_id
 from cluster.mvcc.store import KVStore
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
@@ -49,9 +47,6 @@ from .transport import PeerTransport
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ERR_NO_LEADER = RequestError(grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
-ERR_TIMEOUT = RequestError(grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out")
-ERR_STOPPING = RequestError(grpc.StatusCode.UNAVAILABLE, "etcdserver: server stopped")
 
 _READ_CTX = struct.Struct(">QQ")  # member id, read id
 
@@ -150,7 +145,7 @@ class Member:
         ]
         for fut in pending:
             if not fut.done():
-                fut.set_exception(ERR_STOPPING)
+                fut.set_exception(RequestError(*kvconv.ERR_STOPPED))
         self.backend.close()  # commits the pending batch
         self.log_store.close()
 
@@ -193,7 +188,7 @@ class Member:
             try:
                 self.node.propose(encode_request(self.id, request_id, request))
             except ProposalDropped as exc:
-                raise ERR_NO_LEADER from exc
+                raise RequestError(*kvconv.ERR_NO_LEADER) from exc
             self._wake.set()
             return await self._within_timeout(fut)
         finally:
@@ -215,7 +210,7 @@ class Member:
             try:
                 self.node.read_index(ctx)
             except ProposalDropped as exc:
-                raise ERR_NO_LEADER from exc
+                raise RequestError(*kvconv.ERR_NO_LEADER) from exc
             self._wake.set()
             index = await self._within_timeout(fut)
         finally:
@@ -230,7 +225,7 @@ class Member:
             async with asyncio.timeout(self.request_timeout):
                 return await fut
         except TimeoutError as exc:
-            raise ERR_TIMEOUT from exc
+            raise RequestError(*kvconv.ERR_TIMEOUT) from exc
 
     # -- the Raft loop ----------------------------------------------------------
     def _receive(self, messages: list[Message]) -> None:
