@@ -221,11 +221,18 @@ class Member:
             await self._within_timeout(waiter)
 
     async def _within_timeout(self, fut: Awaitable[T]) -> T:
+        term = self.node.term
         try:
             async with asyncio.timeout(self.request_timeout):
                 return await fut
         except TimeoutError as exc:
-            raise RequestError(*kvconv.ERR_TIMEOUT) from exc
+            # As etcd: say so when a leader change meanwhile is the likely cause.
+            spec = (
+                kvconv.ERR_TIMEOUT_DUE_TO_LEADER_FAIL
+                if self.node.term != term
+                else kvconv.ERR_TIMEOUT
+            )
+            raise RequestError(*spec) from exc
 
     # -- the Raft loop ----------------------------------------------------------
     def _receive(self, messages: list[Message]) -> None:
