@@ -45,7 +45,13 @@ async def serve(cfg: MemberConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    # Until a signal, or until this member applies its own removal (as etcd, it exits).
+    waits = [loop.create_task(stop.wait()), loop.create_task(member.removed.wait())]
+    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    if member.removed.is_set():
+        log.info("this member was removed from the cluster")
     log.info("stopping: finishing in-flight requests")
     await server.stop(grace=2.0)
     await member.stop()

@@ -62,10 +62,17 @@ __all__ = [
     "ERR_FUTURE_REV",
     "ERR_KEY_NOT_FOUND",
     "ERR_LEADER_CHANGED",
+    "ERR_LEARNER_NOT_READY",
     "ERR_LEASE_NOT_FOUND",
+    "ERR_MEMBER_BAD_URLS",
+    "ERR_MEMBER_EXIST",
+    "ERR_MEMBER_NOT_FOUND",
+    "ERR_MEMBER_NOT_LEARNER",
     "ERR_NOT_LEADER",
     "ERR_NO_LEADER",
     "ERR_NO_SPACE",
+    "ERR_PEER_URL_EXIST",
+    "ERR_REMOVE_LAST_VOTER",
     "ERR_REQUEST_TOO_LARGE",
     "ERR_STOPPED",
     "ERR_TIMEOUT",
@@ -168,6 +175,30 @@ ERR_TIMEOUT_WAIT_APPLIED_INDEX: Final[ErrorSpec] = (
 )
 ERR_UNHEALTHY: Final[ErrorSpec] = (_Code.UNAVAILABLE, "etcdserver: unhealthy cluster")
 ERR_CORRUPT: Final[ErrorSpec] = (_Code.DATA_LOSS, "etcdserver: corrupt cluster")
+# The Cluster service (membership changes).
+ERR_MEMBER_EXIST: Final[ErrorSpec] = (
+    _Code.FAILED_PRECONDITION,
+    "etcdserver: member ID already exist",
+)
+ERR_PEER_URL_EXIST: Final[ErrorSpec] = (_Code.FAILED_PRECONDITION, "etcdserver: peerURL exists")
+ERR_MEMBER_NOT_FOUND: Final[ErrorSpec] = (_Code.NOT_FOUND, "etcdserver: member not found")
+ERR_MEMBER_BAD_URLS: Final[ErrorSpec] = (
+    _Code.INVALID_ARGUMENT,
+    "etcdserver: given member URLs are invalid",
+)
+ERR_MEMBER_NOT_LEARNER: Final[ErrorSpec] = (
+    _Code.FAILED_PRECONDITION,
+    "etcdserver: can only promote a learner member",
+)
+ERR_LEARNER_NOT_READY: Final[ErrorSpec] = (
+    _Code.FAILED_PRECONDITION,
+    "etcdserver: can only promote a learner member which is in sync with leader",
+)
+# Not an etcd error (etcd's raft refuses this case silently): removing the only voter.
+ERR_REMOVE_LAST_VOTER: Final[ErrorSpec] = (
+    _Code.FAILED_PRECONDITION,
+    "etcdserver: cannot remove the last voting member",
+)
 
 
 class RequestError(Exception):

@@ -19,11 +19,14 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from cluster.config import URL, MemberConfig, compute_member_id
+from google.protobuf.message import DecodeError
+
+from cluster.config import URL, ConfigError, MemberConfig, compute_member_id, parse_url
 from cluster.mvcc.store import KVStore
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.raft import (
     ConfChange,
+    ConfChangeType,
     Config,
     ConfState,
     Entry,
@@ -49,6 +52,21 @@ T = TypeVar("T")
 
 
 _READ_CTX = struct.Struct(">QQ")  # member id, read id
+# A conf change's context: the proposing member and its request id, then the pb.Member.
+_CONF_CTX = struct.Struct(">QQ")
+
+# A membership change the Raft core refused on this member (the leader), as etcd answers.
+_CONF_DROPPED: dict[str, kvconv.ErrorSpec] = {
+    ProposalDropped.NO_LEADER: kvconv.ERR_NO_LEADER,
+    ProposalDropped.TRANSFERRING: kvconv.ERR_LEADER_CHANGED,
+    ProposalDropped.CONF_CHANGE_PENDING: kvconv.ERR_UNHEALTHY,
+    ProposalDropped.LEARNER_NOT_READY: kvconv.ERR_LEARNER_NOT_READY,
+    ProposalDropped.NOT_A_MEMBER: kvconv.ERR_STOPPED,
+    ProposalDropped.UNKNOWN_MEMBER: kvconv.ERR_MEMBER_NOT_FOUND,
+    ProposalDropped.MEMBER_EXISTS: kvconv.ERR_MEMBER_EXIST,
+    ProposalDropped.NOT_LEARNER: kvconv.ERR_MEMBER_NOT_LEARNER,
+    ProposalDropped.LAST_VOTER: kvconv.ERR_REMOVE_LAST_VOTER,
+}
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,8 @@ class Member:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.conf = ConfState()
+        # Set once this member applies its own removal: it must stop serving (cli.serve).
+        self.removed = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -119,9 +139,13 @@ class Member:
         )
         peer_url = cfg.listen_peer_urls[0]
         await self.transport.listen(peer_url.host, peer_url.port)
-        for peer in self.peers:
-            if peer.id != self.id:
-                self.transport.set_peer(peer.id, peer.peer_urls[0].host, peer.peer_urls[0].port)
+        if self.backend.batch().get("members_removed", self.id.to_bytes(8, "big")):
+            log.warning("member %x was removed from the cluster: stopping", self.id)
+            self.removed.set()
+        # Every member of the current configuration (initial or added since, as stored).
+        for info in self.members():
+            if self.id != info.ID:
+                self._set_peer(info)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._tick_loop()),
@@ -194,6 +218,48 @@ class Member:
         finally:
             self._waiting.pop(request_id, None)
 
+    async def change_membership(
+        self, kind: ConfChangeType, member_id: int, attrs: pb.Member | None = None
+    ) -> None:
+        """Propose a membership change; returns once it is applied on this member.
+
+        A change proposed while another is not applied yet waits for it (within the
+        request timeout), then is proposed again; still refused, it is reported as etcd's
+        "unhealthy cluster". Other refusals the Raft core detects here (this member leads)
+        raise etcd's errors. On a follower the proposal is forwarded to the leader, which
+        drops a refused one silently: the caller then times out ("etcdserver: request
+        timed out").
+        """
+        request_id = next(self._ids)
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = fut
+        body = (attrs or pb.Member(ID=member_id)).SerializeToString()
+        change = ConfChange(kind, member_id, _CONF_CTX.pack(self.id, request_id) + body)
+        try:
+            for attempt in range(3):
+                try:
+                    self.node.propose_conf_change(change)
+                    break
+                except ProposalDropped as exc:
+                    if exc.reason == ProposalDropped.CONF_CHANGE_PENDING and attempt < 2:
+                        # Another change (or a new leader's first entry) is not applied
+                        # yet: wait for it, then try again.
+                        await self._wait_applied(self.node.pending_conf_index)
+                        continue
+                    spec = _CONF_DROPPED.get(exc.reason, kvconv.ERR_UNHEALTHY)
+                    raise RequestError(*spec) from exc
+            self._wake.set()
+            await self._within_timeout(fut)
+        finally:
+            self._waiting.pop(request_id, None)
+
+    async def _wait_applied(self, index: int) -> None:
+        if self.node.log.applied < index:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._applied_waiters.append((index, waiter))
+            self._wake.set()
+            await self._within_timeout(waiter)
+
     async def read(self, request: pb.RangeRequest) -> pb.RangeResponse:
         if not request.serializable:
             await self.linearizable_barrier()
@@ -215,10 +281,7 @@ class Member:
             index = await self._within_timeout(fut)
         finally:
             self._reads.pop(ctx, None)
-        if self.node.log.applied < index:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._applied_waiters.append((index, waiter))
-            await self._within_timeout(waiter)
+        await self._wait_applied(index)
 
     async def _within_timeout(self, fut: Awaitable[T]) -> T:
         term = self.node.term
@@ -282,7 +345,9 @@ class Member:
         batch = self.backend.batch()
         applied_before, _ = batch.consistent_index()
         if entry.type == EntryType.CONF_CHANGE:
-            self.conf = self.node.apply_conf_change(ConfChange.decode(entry.data))
+            change = ConfChange.decode(entry.data)
+            self.conf = self.node.apply_conf_change(change)
+            self._apply_conf_change(change, replay=entry.index <= applied_before)
         if entry.index <= applied_before:
             return  # already in the backend (restart replay): never apply twice
         if entry.type == EntryType.NORMAL and entry.data:
@@ -291,6 +356,8 @@ class Member:
             try:
                 if isinstance(proposed.request, pb.Member):
                     response = self._apply_publish(proposed.request)
+                elif isinstance(proposed.request, pb.MemberUpdateRequest):
+                    response = self._apply_member_update(proposed.request)
                 else:
                     response = kvconv.apply_request(self.kv, proposed.request)
             except RequestError as exc:
@@ -329,8 +396,96 @@ class Member:
         log.info("installed the leader's backend (consistent index %d)", index)
 
     def _apply_publish(self, attrs: pb.Member) -> pb.MemberListResponse:
-        self.backend.batch().put("members", attrs.ID.to_bytes(8, "big"), attrs.SerializeToString())
+        """A member's name and client URLs; peer URLs already stored (MemberUpdate) stay."""
+        key = attrs.ID.to_bytes(8, "big")
+        batch = self.backend.batch()
+        stored = pb.Member()
+        stored.CopyFrom(attrs)
+        raw = batch.get("members", key)
+        if raw is not None:
+            old = pb.Member.FromString(raw)
+            if old.peerURLs:
+                del stored.peerURLs[:]
+                stored.peerURLs.extend(old.peerURLs)
+        batch.put("members", key, stored.SerializeToString())
         return pb.MemberListResponse()
+
+    def _apply_conf_change(self, change: ConfChange, *, replay: bool) -> None:
+        """The server side of an applied membership change: members bucket and transport.
+
+        On a restart's replay (``replay``) the backend already has it; only the transport
+        (which starts from the stored members) is brought up to date again.
+        """
+        origin = request_id = 0
+        attrs = pb.Member(ID=change.node_id)
+        if len(change.context) >= _CONF_CTX.size:
+            origin, request_id = _CONF_CTX.unpack_from(change.context)
+            with contextlib.suppress(DecodeError):
+                attrs = pb.Member.FromString(change.context[_CONF_CTX.size :])
+        attrs.ID = change.node_id
+        key = change.node_id.to_bytes(8, "big")
+        batch = self.backend.batch()
+        if change.type in (ConfChangeType.ADD_NODE, ConfChangeType.ADD_LEARNER_NODE):
+            stored = pb.Member(ID=change.node_id)
+            raw = batch.get("members", key)
+            if raw is not None:
+                stored.MergeFromString(raw)  # keeps a published name and client URLs
+            else:
+                initial = {p.id: p for p in self.peers}.get(change.node_id)
+                if initial is not None:  # a bootstrap entry: --initial-cluster knows it
+                    stored.name = initial.name
+                    stored.peerURLs.extend(str(u) for u in initial.peer_urls)
+            if attrs.peerURLs:
+                del stored.peerURLs[:]
+                stored.peerURLs.extend(attrs.peerURLs)
+            stored.isLearner = change.node_id in self.conf.learners
+            if not replay:
+                batch.put("members", key, stored.SerializeToString())
+            if change.node_id != self.id:
+                self._set_peer(stored)
+        elif change.type == ConfChangeType.REMOVE_NODE:
+            if not replay:
+                batch.delete("members", key)
+                batch.put("members_removed", key, b"removed")
+            self.transport.remove_peer(change.node_id)
+            if change.node_id == self.id:  # also on a restart's replay: it stays removed
+                log.warning("member %x was removed from the cluster: stopping", self.id)
+                self.removed.set()
+        if origin == self.id and not replay:
+            fut = self._waiting.get(request_id)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def _set_peer(self, info: pb.Member) -> None:
+        """Point the transport at ``info``'s first peer URL (a bad or missing one: no route)."""
+        if not info.peerURLs:
+            return
+        try:
+            url = parse_url(info.peerURLs[0], "peer-urls")
+        except ConfigError:
+            log.warning("member %x has an invalid peer URL %r", info.ID, info.peerURLs[0])
+            return
+        self.transport.set_peer(info.ID, url.host, url.port)
+
+    def _apply_member_update(self, req: pb.MemberUpdateRequest) -> pb.MemberUpdateResponse:
+        key = req.ID.to_bytes(8, "big")
+        batch = self.backend.batch()
+        if req.ID not in self.conf.voters | self.conf.learners:
+            raise RequestError(*kvconv.ERR_MEMBER_NOT_FOUND)
+        stored = pb.Member(ID=req.ID)
+        raw = batch.get("members", key)
+        if raw is not None:
+            stored.MergeFromString(raw)
+        else:
+            initial = {p.id: p for p in self.peers}.get(req.ID)
+            if initial is not None:
+                stored.name = initial.name
+        del stored.peerURLs[:]
+        stored.peerURLs.extend(req.peerURLs)
+        batch.put("members", key, stored.SerializeToString())
+        if self.id != req.ID:
+            self._set_peer(stored)
+        return pb.MemberUpdateResponse()
 
     def members(self) -> list[pb.Member]:
         """Every member in the current configuration, with its published attributes."""
@@ -359,8 +514,10 @@ class Member:
         )
         while True:
             raw = self.backend.batch().get("members", self.id.to_bytes(8, "big"))
-            if raw is not None and pb.Member.FromString(raw) == attrs:
-                return
+            if raw is not None:
+                stored = pb.Member.FromString(raw)
+                if (stored.name, stored.clientURLs) == (attrs.name, attrs.clientURLs):
+                    return
             try:
                 await self.write(attrs)
                 return

@@ -12,8 +12,9 @@ from cluster.storage.codec import CodecError
 _HEADER = struct.Struct(">QQB")  # origin member id, request id, kind
 
 WriteRequest = pb.PutRequest | pb.DeleteRangeRequest | pb.TxnRequest | pb.CompactionRequest
-# A member publishing its name and client URLs to the cluster (etcd's "publish").
-InternalRequest = WriteRequest | pb.Member
+# A member publishing its name and client URLs to the cluster (etcd's "publish"), and
+# MemberUpdate's new peer URLs for a member.
+InternalRequest = WriteRequest | pb.Member | pb.MemberUpdateRequest
 
 
 class RequestKind(enum.IntEnum):
@@ -22,6 +23,7 @@ class RequestKind(enum.IntEnum):
     TXN = 3
     COMPACTION = 4
     PUBLISH_MEMBER = 5
+    UPDATE_MEMBER = 6
 
 
 _KIND_OF: dict[type, RequestKind] = {
@@ -30,6 +32,7 @@ _KIND_OF: dict[type, RequestKind] = {
     pb.TxnRequest: RequestKind.TXN,
     pb.CompactionRequest: RequestKind.COMPACTION,
     pb.Member: RequestKind.PUBLISH_MEMBER,
+    pb.MemberUpdateRequest: RequestKind.UPDATE_MEMBER,
 }
 _TYPE_OF = {kind: cls for cls, kind in _KIND_OF.items()}
 
