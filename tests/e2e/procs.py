@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,17 +22,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-HAVE_ETCDCTL = shutil.which("etcdctl") is not None
 
-needs_etcdctl = [
-    pytest.mark.etcdctl,
-    # CI installs etcdctl (.ci/run), so there a missing binary is a failure, not a skip.
-    pytest.mark.skipif(
-        not HAVE_ETCDCTL and os.environ.get("CI") != "true",
-        reason="etcdctl is not installed (apt-get install etcd-client)",
-    ),
-]
-"""``pytestmark = needs_etcdctl`` (or ``@pytest.mark.etcdctl``: conftest adds the skip)."""
+needs_etcdctl = pytest.mark.etcdctl
+"""``pytestmark = needs_etcdctl``: skipped without etcdctl outside CI (tests/conftest.py)."""
 
 
 def free_ports(n: int) -> list[int]:

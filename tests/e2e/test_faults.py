@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -12,13 +10,7 @@ import pytest
 
 from tests.e2e.procs import Cluster, Proc
 
-pytestmark = [
-    pytest.mark.etcdctl,
-    pytest.mark.skipif(
-        shutil.which("etcdctl") is None and os.environ.get("CI") != "true",
-        reason="etcdctl is not installed (apt-get install etcd-client)",
-    ),
-]
+pytestmark = pytest.mark.etcdctl
 
 
 def _small_snapshots(tmp: Path) -> Cluster:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from concurrent import futures
@@ -23,14 +22,7 @@ from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from cluster.proto.mvccpb import kv_pb2
 
-pytestmark = [
-    pytest.mark.etcdctl,
-    # Outside CI a missing etcdctl skips; in CI (.ci/run installs it) it must fail loudly.
-    pytest.mark.skipif(
-        shutil.which("etcdctl") is None and os.environ.get("CI") != "true",
-        reason="etcdctl is not installed (apt-get install etcd-client)",
-    ),
-]
+pytestmark = pytest.mark.etcdctl
 
 CLUSTER_ID, MEMBER_ID = 0xCDF818194E3A8C32, 0x8E9E05C52164694D
 KV = kv_pb2.KeyValue(

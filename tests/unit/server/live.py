@@ -9,36 +9,17 @@ cluster, ``wait_leader`` waits until it has elected itself.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import pytest
 
 from cluster.config import load
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from cluster.server.kv import KVServicer, grpc_server_options
 from cluster.server.maintenance import MaintenanceServicer
 from cluster.server.member import Member
-
-etcdctl_missing = pytest.mark.skipif(
-    # Outside CI a missing etcdctl skips; in CI it must fail loudly.
-    shutil.which("etcdctl") is None and os.environ.get("CI") != "true",
-    reason="etcdctl is not installed (apt-get install etcd-client)",
-)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+from tests.e2e.procs import free_ports
 
 
 @dataclass

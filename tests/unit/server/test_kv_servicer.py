@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +29,6 @@ from cluster.storage.backend import Backend
 CLUSTER_ID, MEMBER_ID, TERM = 0xCDF818194E3A8C32, 0x8E9E05C52164694D, 7
 MAX_REQUEST_BYTES = 4096
 MAX_TXN_OPS = 8
-
-etcdctl_missing = pytest.mark.skipif(
-    # Outside CI a missing etcdctl skips; in CI (.ci/run installs it) it must fail loudly.
-    shutil.which("etcdctl") is None and os.environ.get("CI") != "true",
-    reason="etcdctl is not installed (apt-get install etcd-client)",
-)
 
 
 class FakeMember:
@@ -335,7 +328,6 @@ async def _etcdctl_error(endpoint: str, *args: str) -> str:
 
 
 @pytest.mark.etcdctl
-@etcdctl_missing
 async def test_etcdctl_put_and_get(kv: Harness) -> None:
     ep = kv.endpoint
     assert (await _etcdctl(ep, "put", "foo/a", "1"))[0] == "OK\n"
@@ -360,7 +352,6 @@ async def test_etcdctl_put_and_get(kv: Harness) -> None:
 
 
 @pytest.mark.etcdctl
-@etcdctl_missing
 async def test_etcdctl_del_with_prev_kv(kv: Harness) -> None:
     ep = kv.endpoint
     for key in ("k1", "k2", "l"):
@@ -371,7 +362,6 @@ async def test_etcdctl_del_with_prev_kv(kv: Harness) -> None:
 
 
 @pytest.mark.etcdctl
-@etcdctl_missing
 async def test_etcdctl_txn(kv: Harness) -> None:
     ep = kv.endpoint
     await _etcdctl(ep, "put", "k1", "v1")
@@ -407,7 +397,6 @@ async def _etcdctl_error_stdin(endpoint: str, script: str) -> str:
 
 
 @pytest.mark.etcdctl
-@etcdctl_missing
 async def test_etcdctl_compaction_and_errors(kv: Harness) -> None:
     ep = kv.endpoint
     for i in range(4):

@@ -28,7 +28,7 @@ from cluster.server import maintenance
 from cluster.server.maintenance import HASH_IGNORES, MaintenanceServicer
 from cluster.server.member import Member
 from cluster.storage.bolt import read_bolt
-from tests.unit.server.live import LiveMember, etcdctl_missing, start_member
+from tests.unit.server.live import LiveMember, start_member
 
 
 @pytest.fixture
@@ -324,7 +324,6 @@ async def _etcdctl(endpoint: str | None, *args: str, ok: bool = True) -> tuple[s
 
 
 @pytest.mark.etcdctl
-@etcdctl_missing
 async def test_etcdctl_endpoint_hashkv(live: LiveMember) -> None:
     await _put(live, b"foo", b"bar")
     out, _ = await _etcdctl(live.endpoint, "endpoint", "hashkv")
@@ -337,7 +336,6 @@ async def test_etcdctl_endpoint_hashkv(live: LiveMember) -> None:
 
 
 @pytest.mark.etcdctl
-@etcdctl_missing
 async def test_etcdctl_snapshot_save_status_and_restore(live: LiveMember, tmp_path: Path) -> None:
     for i in range(20):
         await _put(live, b"k%02d" % i, b"v" * 100)
@@ -366,7 +364,6 @@ async def test_etcdctl_snapshot_save_status_and_restore(live: LiveMember, tmp_pa
 
 
 @pytest.mark.etcdctl
-@etcdctl_missing
 async def test_etcdctl_defrag(live: LiveMember) -> None:
     for i in range(50):
         await _put(live, b"k%02d" % i, b"v" * 1000)
@@ -377,7 +374,6 @@ async def test_etcdctl_defrag(live: LiveMember) -> None:
 
 
 @pytest.mark.etcdctl
-@etcdctl_missing
 async def test_etcdctl_move_leader_on_a_single_member(live: LiveMember) -> None:
     _, err = await _etcdctl(live.endpoint, "move-leader", "1234", ok=False)
     assert err.rstrip("\n").rsplit("\n", 1)[-1] == "Error: etcdserver: bad leader transferee"
@@ -387,7 +383,6 @@ async def test_etcdctl_move_leader_on_a_single_member(live: LiveMember) -> None:
 
 
 @pytest.mark.etcdctl
-@etcdctl_missing
 async def test_etcdctl_alarm_list_is_empty(live: LiveMember) -> None:
     assert (await _etcdctl(live.endpoint, "alarm", "list"))[0] == ""
     assert (await _etcdctl(live.endpoint, "alarm", "disarm"))[0] == ""

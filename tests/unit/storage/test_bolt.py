@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,11 +12,6 @@ import pytest
 
 from cluster.mvcc.revision import Revision
 from cluster.storage.bolt import PAGE_SIZE, BoltWriter, fnv1a_64, read_bolt
-
-etcdctl_missing = pytest.mark.skipif(
-    shutil.which("etcdctl") is None and os.environ.get("CI") != "true",
-    reason="etcdctl is not installed (apt-get install etcd-client)",
-)
 
 Buckets = list[tuple[bytes, list[tuple[bytes, bytes]]]]
 
@@ -82,7 +76,6 @@ def test_keys_and_buckets_must_come_in_order(tmp_path: Path) -> None:
 
 
 @pytest.mark.etcdctl
-@etcdctl_missing
 def test_etcdctl_snapshot_status_reads_and_checks_the_file(tmp_path: Path) -> None:
     path = tmp_path / "snap.db"
     buckets = big_buckets()
