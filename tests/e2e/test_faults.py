@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -57,6 +58,10 @@ def test_a_follower_behind_the_compacted_log_gets_the_leaders_backend(tmp_path: 
                 break
             time.sleep(0.1)
         assert len(views) == 1
+        # And the same key-value history: HashKV agrees at that revision.
+        revision = views.pop()[0]
+        hashes = json.loads(c.etcdctl("endpoint", "hashkv", "--rev", str(revision), "-w", "json"))
+        assert len({h["HashKV"]["hash"] for h in hashes}) == 1, hashes
         c.etcdctl("put", "after", "2", endpoints=[follower])  # and it keeps working
     finally:
         c.stop()
