@@ -8,7 +8,6 @@ start: like etcd, the cluster lists them (with an empty name) and keeps trying t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +19,6 @@ from cluster.server.cluster import ClusterServicer
 from cluster.server.kvconv import RequestError
 from cluster.server.requests import decode_request, encode_request
 from tests.unit.server.live import LiveMember, free_ports, start_member
-
-
-@pytest.fixture
-async def live(tmp_path: Path) -> AsyncIterator[LiveMember]:
-    lm = await start_member(tmp_path / "m0")
-    try:
-        await lm.wait_leader()
-        yield lm
-    finally:
-        await lm.stop()
 
 
 def _url() -> str:

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NoReturn, cast
@@ -29,16 +28,6 @@ from cluster.server.maintenance import HASH_IGNORES, MaintenanceServicer
 from cluster.server.member import Member
 from cluster.storage.bolt import read_bolt
 from tests.unit.server.live import LiveMember, start_member
-
-
-@pytest.fixture
-async def live(tmp_path: Path) -> AsyncIterator[LiveMember]:
-    lm = await start_member(tmp_path / "m0")
-    try:
-        await lm.wait_leader()
-        yield lm
-    finally:
-        await lm.stop()
 
 
 async def _status(call: object) -> tuple[grpc.StatusCode, str]:

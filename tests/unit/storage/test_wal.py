@@ -787,7 +787,8 @@ def test_disk_full_takes_the_partial_batch_back(wal_dir):
     assert contents.hard_state == HardState(1, 1, 25)
 
 
-def test_disk_full_during_rotation(wal_dir):
+def _one_batch_short_of_a_cut(wal_dir: str) -> tuple[FullDiskFS, WAL, int, int]:
+    """A WAL on a FullDiskFS whose segment the next batch (of ``batch_size``) fills."""
     seg = 1024
     fs = FullDiskFS(free=1 << 20)
     w = WAL.create(wal_dir, META, fs=fs, segment_size=seg)
@@ -796,6 +797,11 @@ def test_disk_full_during_rotation(wal_dir):
     while os.path.getsize(segment_paths(wal_dir)[-1]) + batch_size < seg:
         w.save(HardState(1, 1, index), [ent(index)])
         index += 1
+    return fs, w, index, batch_size
+
+
+def test_disk_full_during_rotation(wal_dir):
+    fs, w, index, batch_size = _one_batch_short_of_a_cut(wal_dir)
     batch = ents(index, index + 1)  # fills the segment: the save ends with a cut
     fs.free = batch_size + 20  # the batch fits, the new segment's head does not
     # The batch is durable, so save succeeds; the failed cut is retried by a later save.
@@ -814,14 +820,7 @@ def test_disk_full_during_rotation(wal_dir):
 
 
 def test_failed_rotation_does_not_report_a_durable_batch_as_failed(wal_dir):
-    seg = 1024
-    fs = FullDiskFS(free=1 << 20)
-    w = WAL.create(wal_dir, META, fs=fs, segment_size=seg)
-    index = 1
-    batch_size = 2 * ENTRY_SIZE + STATE_SIZE
-    while os.path.getsize(segment_paths(wal_dir)[-1]) + batch_size < seg:
-        w.save(HardState(1, 1, index), [ent(index)])
-        index += 1
+    fs, w, index, batch_size = _one_batch_short_of_a_cut(wal_dir)
     fs.free = batch_size + 20
     try:
         w.save(HardState(1, 1, index + 1), ents(index, index + 1))
