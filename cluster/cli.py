@@ -13,6 +13,9 @@ import grpc
 
 from cluster.config import ConfigError, MemberConfig, load
 from cluster.proto.etcdserverpb import rpc_pb2_grpc
+from cluster.storage.backend import BackendError
+from cluster.storage.snap import SnapshotError
+from cluster.storage.wal import WALError
 
 log = logging.getLogger("cluster")
 
@@ -72,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
+    except (OSError, BackendError, WALError, SnapshotError) as exc:
+        # A data dir this member cannot use (another member's, corrupt, unreadable): one
+        # line naming the file and what is wrong, never a traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -54,6 +54,7 @@ class MemberConfig:
     auto_compaction_mode: str
     auto_compaction_retention: str
     snapshot_catchup_entries: int = 5000
+    strict_reconfig_check: bool = True
 
     @property
     def member_id(self) -> int:
@@ -73,9 +74,15 @@ class MemberConfig:
         return self.election_timeout_ms // self.heartbeat_interval_ms
 
 
-def compute_member_id(peer_urls: Sequence[URL], token: str) -> int:
-    """etcd's member id: the first 8 bytes of SHA-1(sorted peer URLs joined, then the token)."""
+def compute_member_id(peer_urls: Sequence[URL], token: str, now: int | None = None) -> int:
+    """etcd's member id: the first 8 bytes of SHA-1(sorted peer URLs joined, then the token).
+
+    MemberAdd also appends the current Unix time (``now``), as etcd does, so a member
+    added again with the URLs of a removed one gets a new id.
+    """
     joined = "".join(sorted(str(u) for u in peer_urls)) + token
+    if now is not None:
+        joined += str(now)
     return int.from_bytes(hashlib.sha1(joined.encode()).digest()[:8], "big")
 
 
@@ -222,6 +229,12 @@ FLAGS: tuple[_Flag, ...] = (
         integer=True,
     ),
     _Flag(
+        "strict-reconfig-check",
+        "true",
+        "reject reconfiguration requests that would cause quorum loss",
+        choices=("true", "false"),
+    ),
+    _Flag(
         "auto-compaction-retention",
         "0",
         "auto compaction retention for the mvcc key-value store (0 disables it)",
@@ -324,4 +337,5 @@ def _build(raw: dict[str, str]) -> MemberConfig:
         auto_compaction_mode=raw["auto-compaction-mode"],
         auto_compaction_retention=raw["auto-compaction-retention"],
         snapshot_catchup_entries=num("experimental-snapshot-catchup-entries"),
+        strict_reconfig_check=raw["strict-reconfig-check"] == "true",
     )

@@ -14,6 +14,8 @@ proposal to the leader, which drops a refused one silently, so the client sees
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, NoReturn
 
 import grpc
@@ -23,7 +25,7 @@ from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc
 from cluster.raft import ConfChangeType
 
-from . import kvconv
+from . import kvconv, reconfig
 from .kvconv import RequestError
 from .member import Member
 
@@ -103,9 +105,17 @@ class ClusterServicer(rpc_pb2_grpc.ClusterServicer):
         m = self.member
         urls = _parse_peer_urls(list(request.peerURLs))
         self._check_urls_free(urls)
-        member_id = compute_member_id(urls, m.cfg.initial_cluster_token)
+        member_id = compute_member_id(urls, m.cfg.initial_cluster_token, int(time.time()))
         if member_id in m.conf.voters | m.conf.learners:
             raise RequestError(*kvconv.ERR_MEMBER_EXIST)
+        if m.cfg.strict_reconfig_check:
+            reconfig.check_add(
+                m.members(),
+                learner=request.isLearner,
+                local_id=m.id,
+                active_since=m.transport.active_since,
+                now=asyncio.get_running_loop().time(),
+            )
         attrs = pb.Member(
             ID=member_id, peerURLs=[str(u) for u in urls], isLearner=request.isLearner
         )
@@ -121,6 +131,14 @@ class ClusterServicer(rpc_pb2_grpc.ClusterServicer):
     async def member_remove(self, request: pb.MemberRemoveRequest) -> pb.MemberRemoveResponse:
         m = self.member
         self._known(request.ID)
+        if m.cfg.strict_reconfig_check:
+            reconfig.check_remove(
+                m.members(),
+                request.ID,
+                local_id=m.id,
+                active_since=m.transport.active_since,
+                now=asyncio.get_running_loop().time(),
+            )
         await m.change_membership(ConfChangeType.REMOVE_NODE, request.ID)
         return pb.MemberRemoveResponse(header=m.header(), members=m.members())
 
@@ -129,6 +147,8 @@ class ClusterServicer(rpc_pb2_grpc.ClusterServicer):
         self._known(request.ID)
         if request.ID not in m.conf.learners:
             raise RequestError(*kvconv.ERR_MEMBER_NOT_LEARNER)
+        if m.cfg.strict_reconfig_check:
+            reconfig.check_promote(m.members())
         await m.change_membership(ConfChangeType.ADD_NODE, request.ID)
         return pb.MemberPromoteResponse(header=m.header(), members=m.members())
 

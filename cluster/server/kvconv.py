@@ -68,6 +68,7 @@ __all__ = [
     "ERR_MEMBER_EXIST",
     "ERR_MEMBER_NOT_FOUND",
     "ERR_MEMBER_NOT_LEARNER",
+    "ERR_NOT_ENOUGH_STARTED_MEMBERS",
     "ERR_NOT_LEADER",
     "ERR_NO_LEADER",
     "ERR_NO_SPACE",
@@ -185,6 +186,10 @@ ERR_MEMBER_NOT_FOUND: Final[ErrorSpec] = (_Code.NOT_FOUND, "etcdserver: member n
 ERR_MEMBER_BAD_URLS: Final[ErrorSpec] = (
     _Code.INVALID_ARGUMENT,
     "etcdserver: given member URLs are invalid",
+)
+ERR_NOT_ENOUGH_STARTED_MEMBERS: Final[ErrorSpec] = (
+    _Code.FAILED_PRECONDITION,
+    "etcdserver: re-configuration failed due to not enough started members",
 )
 ERR_MEMBER_NOT_LEARNER: Final[ErrorSpec] = (
     _Code.FAILED_PRECONDITION,

@@ -40,9 +40,10 @@ from cluster.raft import (
     StateType,
 )
 from cluster.storage.backend import Backend, install_snapshot
-from cluster.storage.durable import RaftLogStore, Retention, open_raft_log
+from cluster.storage.durable import Retention, has_raft_log, open_raft_log
 
 from . import kvconv
+from .join import ExistingCluster, describe_members, discover
 from .kvconv import RequestError
 from .requests import InternalRequest, decode_request, encode_request
 from .transport import PeerTransport
@@ -108,15 +109,27 @@ class Member:
             max_snapshots=cfg.max_snapshots,
             catch_up_entries=cfg.snapshot_catchup_entries,
         )
-        self.log_store: RaftLogStore = open_raft_log(
-            cfg.data_dir, self.id, self.cluster_id, retention=retention
-        )
+        joined: ExistingCluster | None = None
+        ids: tuple[int | None, int | None] = (self.id, self.cluster_id)
+        if cfg.initial_cluster_state == "existing":
+            if has_raft_log(cfg.data_dir):
+                ids = (None, None)  # a restart: the data dir knows which member of which cluster
+            else:
+                joined = await discover(cfg)
+                self.id, self.cluster_id = joined.member_id, joined.cluster_id
+                self.peers = [
+                    PeerInfo(m.ID, m.name, tuple(parse_url(u, "peer-urls") for u in m.peerURLs))
+                    for m in joined.members
+                ]
+                ids = (self.id, self.cluster_id)
+        self.log_store = open_raft_log(cfg.data_dir, *ids, retention=retention)
+        self.id, self.cluster_id = self.log_store.member_id, self.log_store.cluster_id
         self.backend = Backend(self.log_store.paths.db_path, quota_bytes=cfg.quota_backend_bytes)
         if self.backend.member_ids() is None:
             self.backend.set_member_ids(self.id, self.cluster_id)
         self.backend.check_member_ids(self.id, self.cluster_id)
         self.kv = KVStore(self.backend, max_txn_ops=cfg.max_txn_ops)
-        if self.log_store.is_new:
+        if self.log_store.is_new and joined is None:
             self.log_store.bootstrap(sorted(p.id for p in self.peers))
         snap = self.log_store.storage.snapshot()
         self.conf = snap.metadata.conf_state
@@ -136,6 +149,7 @@ class Member:
             self._receive,
             on_unreachable=self.node.report_unreachable,
             on_snapshot_status=self.node.report_snapshot,
+            describe=lambda: describe_members(self.cluster_id, self.members()),
         )
         peer_url = cfg.listen_peer_urls[0]
         await self.transport.listen(peer_url.host, peer_url.port)
@@ -143,7 +157,7 @@ class Member:
             log.warning("member %x was removed from the cluster: stopping", self.id)
             self.removed.set()
         # Every member of the current configuration (initial or added since, as stored).
-        for info in self.members():
+        for info in self.members() if joined is None else joined.members:
             if self.id != info.ID:
                 self._set_peer(info)
         loop = asyncio.get_running_loop()
@@ -389,7 +403,7 @@ class Member:
         path = self.backend.path
         self.backend.batch().abort()  # whatever it held is superseded by the image
         self.backend.close()
-        install_snapshot(path, chunks)
+        install_snapshot(path, chunks, member_ids=(self.id, self.cluster_id))
         self.backend = Backend(path, quota_bytes=self.cfg.quota_backend_bytes)
         self.kv = KVStore(self.backend, max_txn_ops=self.cfg.max_txn_ops)
         index = self.backend.consistent_index()[0]

@@ -8,6 +8,10 @@ frame, so one slow or dead peer never delays the others; a full queue drops
 messages (Raft retransmits) and reports the peer unreachable. A snapshot
 travels as BEGIN, data chunks and an END frame carrying its SHA-256.
 Connections are re-established with exponential back-off.
+
+A connection may instead open with MEMBERS_QUERY: the member answers with one
+MEMBERS frame (its cluster id and member list, for a member joining an
+existing cluster, which does not know the cluster id yet) and closes it.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class FrameKind(enum.IntEnum):
     SNAP_BEGIN = 3
     SNAP_CHUNK = 4
     SNAP_END = 5
+    MEMBERS_QUERY = 6
+    MEMBERS = 7
 
 
 class PeerProtocolError(Exception):
@@ -71,6 +77,25 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[FrameKind, bytes]:
     return frame_kind, await reader.readexactly(length)
 
 
+async def query_members(host: str, port: int, timeout: float = 2.0) -> bytes:
+    """Ask the member listening for peers at ``host:port`` for its MEMBERS answer."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(frame(FrameKind.MEMBERS_QUERY, b""))
+            await writer.drain()
+            kind, payload = await read_frame(reader)
+        finally:
+            writer.close()
+    if kind != FrameKind.MEMBERS:
+        raise PeerProtocolError(f"expected a MEMBERS frame, got {kind.name}")
+    return payload
+
+
+def _no_members() -> bytes:
+    raise PeerProtocolError("this member does not answer member queries")
+
+
 def _noop_unreachable(peer_id: int) -> None:
     return None
 
@@ -90,6 +115,7 @@ class PeerTransport:
         *,
         on_unreachable: Callable[[int], None] = _noop_unreachable,
         on_snapshot_status: Callable[[int, bool], None] = _noop_snapshot_status,
+        describe: Callable[[], bytes] = _no_members,
         options: TransportOptions | None = None,
     ) -> None:
         self.member_id = member_id
@@ -97,6 +123,7 @@ class PeerTransport:
         self.deliver = deliver
         self.on_unreachable = on_unreachable
         self.on_snapshot_status = on_snapshot_status
+        self.describe = describe
         self.options = options or TransportOptions()
         self._peers: dict[int, _Peer] = {}
         self._server: asyncio.Server | None = None
@@ -135,6 +162,11 @@ class PeerTransport:
         if peer is not None:
             asyncio.get_running_loop().create_task(peer.stop())
 
+    def active_since(self, peer_id: int) -> float | None:
+        """When (event loop time) the stream to ``peer_id`` came up; None while it is down."""
+        peer = self._peers.get(peer_id)
+        return peer.active_since if peer is not None else None
+
     def send(self, messages: list[Message]) -> None:
         """Queue messages to their peers; never waits."""
         for m in messages:
@@ -150,7 +182,7 @@ class PeerTransport:
         assert task is not None
         self._connections[task] = writer
         try:
-            await self._receive(reader)
+            await self._receive(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except (PeerProtocolError, CodecError) as exc:
@@ -163,8 +195,12 @@ class PeerTransport:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _receive(self, reader: asyncio.StreamReader) -> None:
+    async def _receive(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         kind, payload = await read_frame(reader)
+        if kind == FrameKind.MEMBERS_QUERY:
+            writer.write(frame(FrameKind.MEMBERS, self.describe()))
+            await writer.drain()
+            return
         if kind != FrameKind.HELLO or len(payload) != _HELLO.size:
             raise PeerProtocolError("connection did not start with a hello")
         cluster_id, sender, receiver = _HELLO.unpack(payload)
@@ -229,6 +265,7 @@ class _Peer:
         self.queue: deque[Message] = deque()
         self.ready = asyncio.Event()
         self.connected = False
+        self.active_since: float | None = None
         self.stopped = False
         self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -266,12 +303,14 @@ class _Peer:
                 stream.write(frame(FrameKind.HELLO, hello))
                 await stream.drain()
                 self.connected = True
+                self.active_since = asyncio.get_running_loop().time()
                 delay = options.backoff_min
                 await self._pump_until_closed(reader, stream)
             except (TimeoutError, OSError, ConnectionError) as exc:
                 log.debug("peer %x at %s:%d: %s", self.id, self.host, self.port, exc)
             finally:
                 self.connected = False
+                self.active_since = None
                 while self.queue:
                     self._drop(self.queue.popleft())
                 if writer is not None:

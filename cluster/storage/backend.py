@@ -504,13 +504,22 @@ def _framed(f: IO[bytes], chunk_size: int) -> Iterator[bytes]:
 # -- install -----------------------------------------------------------------------
 
 
-def install_snapshot(db_path: str, chunks: Iterable[bytes], fs: FileSystem | None = None) -> None:
+def install_snapshot(
+    db_path: str,
+    chunks: Iterable[bytes],
+    fs: FileSystem | None = None,
+    *,
+    member_ids: tuple[int, int] | None = None,
+) -> None:
     """Replace the db at ``db_path`` with a streamed snapshot, all or nothing.
 
     The stream goes to ``db_path + ".tmp"``; only when its trailer's checksum
     and length match is it fsynced and renamed over the db (then the directory
     is fsynced). Otherwise ``SnapshotStreamError``, and the temp file is
     removed: the old db is untouched. The backend must be closed meanwhile.
+    A leader's backend carries the leader's ids: ``member_ids`` (the receiving
+    member's) replaces them before the rename, so the db is never, even after
+    a crash, one that names another member.
     """
     fs = fs or OsFileSystem()
     tmp = db_path + ".tmp"
@@ -523,12 +532,32 @@ def install_snapshot(db_path: str, chunks: Iterable[bytes], fs: FileSystem | Non
             out.sync()
         finally:
             out.close()
+        if member_ids is not None:
+            _stamp_member_ids(tmp, *member_ids)
     except BaseException:
         with contextlib.suppress(OSError):
             fs.remove(tmp)
         raise
     fs.rename(tmp, db_path)
     fs.sync_dir(os.path.dirname(db_path) or ".")
+
+
+def _stamp_member_ids(path: str, member_id: int, cluster_id: int) -> None:
+    """Write (and fsync) this member's ids into the LMDB file at ``path``."""
+    env = lmdb.open(
+        path,
+        subdir=False,
+        lock=False,
+        max_dbs=_MAX_DBS,
+        map_size=_page_rounded(os.path.getsize(path) + 16 * 1024 * 1024),
+    )
+    try:
+        with env.begin(write=True) as txn:
+            meta = env.open_db(b"meta", txn=txn)
+            txn.put(MEMBER_IDS_KEY, encode_member_ids(member_id, cluster_id), db=meta)
+        env.sync(True)
+    finally:
+        env.close()
 
 
 def _receive(chunks: Iterable[bytes], write: Callable[[bytes], None]) -> None:

@@ -132,6 +132,13 @@ class RaftLogStore:
         self.wal.close()
 
 
+def has_raft_log(data_dir: str, fs: FileSystem | None = None) -> bool:
+    """Whether ``data_dir`` holds a member's WAL (a restart, not a first start)."""
+    fs = fs or OsFileSystem()
+    wal_dir = MemberPaths(data_dir).wal_dir
+    return fs.exists(wal_dir) and bool(list_segments(fs, wal_dir))
+
+
 def open_raft_log(
     data_dir: str,
     member_id: int | None,
@@ -152,7 +159,7 @@ def open_raft_log(
     fs.makedirs(paths.snap_dir)
     snapshotter = Snapshotter(paths.snap_dir, fs)
     storage = MemoryStorage()
-    if not fs.exists(paths.wal_dir) or not list_segments(fs, paths.wal_dir):
+    if not has_raft_log(data_dir, fs):
         if member_id is None or cluster_id is None:
             raise ValueError("a new data dir needs a member id and a cluster id")
         wal = WAL.create(paths.wal_dir, encode_member_ids(member_id, cluster_id), fs, segment_size)

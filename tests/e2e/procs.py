@@ -46,6 +46,7 @@ class Proc:
     log: Path
     popen: subprocess.Popen[bytes] | None = None
     args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # ETCD_* settings besides the flags
 
     @property
     def endpoint(self) -> str:
@@ -58,7 +59,11 @@ class Proc:
     def start(self) -> None:
         with self.log.open("ab") as out:  # the child keeps its own copy of the descriptor
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "cluster", *self.args], cwd=ROOT, stdout=out, stderr=out
+                [sys.executable, "-m", "cluster", *self.args],
+                cwd=ROOT,
+                stdout=out,
+                stderr=out,
+                env={**os.environ, **self.env},
             )
 
     def signal(self, sig: int) -> None:
@@ -78,6 +83,7 @@ class Proc:
 
 class Cluster:
     def __init__(self, tmp: Path, size: int = 3) -> None:
+        self.led_at: float | None = None  # when a leader was first seen
         ports = free_ports(2 * size)
         self.members = [
             Proc(f"m{i}", ports[2 * i], ports[2 * i + 1], tmp / f"m{i}", tmp / f"m{i}.log")
@@ -101,6 +107,16 @@ class Cluster:
     def start(self) -> None:
         for m in self.members:
             m.start()
+        self.led_at: float | None = None
+
+    def settle(self) -> None:
+        """Wait until the members' peer streams have been up for etcd's 5 s HealthInterval
+        (counted from the first leader seen): before that, the strict reconfiguration check
+        refuses MemberAdd and MemberRemove ("etcdserver: unhealthy cluster")."""
+        if self.led_at is None:
+            self.leader(self.members)
+        assert self.led_at is not None
+        time.sleep(max(0.0, self.led_at + 6 - time.monotonic()))
 
     def stop(self) -> None:
         for m in self.members:
@@ -128,6 +144,50 @@ class Cluster:
             raise AssertionError(f"etcdctl {' '.join(args)} failed: {done.stderr}")
         return done.stdout
 
+    def add_member(self, name: str, *, learner: bool = False) -> Proc:
+        """``etcdctl member add``; the new member (not started) is configured as etcdctl
+        says, from the ETCD_* lines it prints, and appended to ``members``."""
+        client, peer = free_ports(2)
+        tmp = self.members[0].data_dir.parent
+        proc = Proc(name, client, peer, tmp / name, tmp / f"{name}.log")
+        flags = ["--learner"] if learner else []
+        out = self.etcdctl("member", "add", name, f"--peer-urls=http://127.0.0.1:{peer}", *flags)
+        for line in out.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.startswith("ETCD_"):
+                proc.env[key] = value.strip('"')
+        assert proc.env["ETCD_INITIAL_CLUSTER_STATE"] == "existing", out
+        proc.args = [
+            "--data-dir", str(proc.data_dir),
+            "--listen-client-urls", f"http://127.0.0.1:{client}",
+            "--advertise-client-urls", f"http://127.0.0.1:{client}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+        ]  # fmt: skip
+        self.members.append(proc)
+        return proc
+
+    def converged(self, members: list[Proc] | None = None, timeout: float = 10) -> int:
+        """Wait until ``members`` (default: the running ones) report the same revision and
+        applied index, then check HashKV agrees at that revision; returns the revision."""
+        members = members or [m for m in self.members if m.running]
+        deadline = time.monotonic() + timeout
+        while True:
+            views = set()
+            for status in self.statuses(members):
+                st = status["Status"]
+                assert isinstance(st, dict)
+                views.add((int(st["header"]["revision"]), int(st["raftAppliedIndex"])))
+            if len(views) == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert len(views) == 1, f"members did not converge: {views}"
+        revision = views.pop()[0]
+        out = self.etcdctl("endpoint", "hashkv", "--rev", str(revision), "-w", "json",
+                           endpoints=members)  # fmt: skip
+        hashes = json.loads(out)
+        assert len({h["HashKV"]["hash"] for h in hashes}) == 1, hashes
+        return revision
+
     def statuses(self, members: list[Proc]) -> list[dict[str, object]]:
         out: list[dict[str, object]] = json.loads(
             self.etcdctl("endpoint", "status", "-w", "json", endpoints=members)
@@ -141,6 +201,8 @@ class Cluster:
                     st = s["Status"]
                     assert isinstance(st, dict)
                     if st.get("leader") and st.get("leader") == st["header"]["member_id"]:
+                        if self.led_at is None:
+                            self.led_at = time.monotonic()
                         return m
             except AssertionError:
                 pass

@@ -8,6 +8,8 @@ start: like etcd, the cluster lists them (with an empty name) and keeps trying t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -34,8 +36,15 @@ async def test_add_learner_is_listed_and_can_be_removed(live: LiveMember) -> Non
     m = live.member
     svc = ClusterServicer(m)
     url = _url()
+    before = int(time.time())
     resp = await svc.member_add(pb.MemberAddRequest(peerURLs=[url], isLearner=True))
-    want_id = compute_member_id([parse_url(url, "x")], m.cfg.initial_cluster_token)
+    # etcd's id for an added member: peer URLs, token and the time of the request
+    token = m.cfg.initial_cluster_token
+    want_id = resp.member.ID
+    assert want_id in {
+        compute_member_id([parse_url(url, "x")], token, t)
+        for t in range(before, int(time.time()) + 1)
+    }
     assert resp.member == pb.Member(ID=want_id, peerURLs=[url], isLearner=True)
     assert resp.header.member_id == m.id
     listed = _ids(resp.members)
@@ -86,10 +95,36 @@ async def test_errors_for_unknown_members_and_voters(live: LiveMember) -> None:
         with pytest.raises(RequestError) as e:
             await svc.member_add(pb.MemberAddRequest(peerURLs=bad))
         assert e.value == RequestError(*kvconv.ERR_MEMBER_BAD_URLS)
-    # the only voter cannot be removed
+    # the only voter cannot be removed: etcd's strict reconfig check says so first ...
+    with pytest.raises(RequestError) as e:
+        await svc.member_remove(pb.MemberRemoveRequest(ID=m.id))
+    assert e.value == RequestError(*kvconv.ERR_NOT_ENOUGH_STARTED_MEMBERS)
+    # ... and without it, the Raft core refuses
+    m.cfg = dataclasses.replace(m.cfg, strict_reconfig_check=False)
     with pytest.raises(RequestError) as e:
         await svc.member_remove(pb.MemberRemoveRequest(ID=m.id))
     assert e.value == RequestError(*kvconv.ERR_REMOVE_LAST_VOTER)
+
+
+async def test_strict_reconfig_check_keeps_a_quorum_of_started_members(
+    live: LiveMember,
+) -> None:
+    m = live.member
+    svc = ClusterServicer(m)
+    # a learner while every voter (only this one) is connected
+    learner = await svc.member_add(pb.MemberAddRequest(peerURLs=[_url()], isLearner=True))
+    # one member may grow to two even though the second never starts ...
+    first = await svc.member_add(pb.MemberAddRequest(peerURLs=[_url()]))
+    # ... but a third voter would leave only one of three started: refused, nothing changes
+    with pytest.raises(RequestError) as e:
+        await svc.member_add(pb.MemberAddRequest(peerURLs=[_url()]))
+    assert e.value == RequestError(*kvconv.ERR_NOT_ENOUGH_STARTED_MEMBERS)
+    assert m.conf.voters == {m.id, first.member.ID}
+    # a learner is not counted, but every voter must be connected: the new one never is
+    with pytest.raises(RequestError) as e:
+        await svc.member_add(pb.MemberAddRequest(peerURLs=[_url()], isLearner=True))
+    assert e.value == RequestError(*kvconv.ERR_UNHEALTHY)
+    assert m.conf.learners == {learner.member.ID}
 
 
 async def test_changes_proposed_together_are_applied_one_after_the_other(

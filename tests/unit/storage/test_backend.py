@@ -536,3 +536,18 @@ def test_defrag_that_cannot_write_its_copy_leaves_the_db_in_use(
     monkeypatch.setattr(be, "env", env)
     assert not os.path.exists(be.path + ".defrag")
     assert len(dump(be)["key"]) == 10
+
+
+def test_an_installed_snapshot_names_the_receiving_member(tmp_path: Path) -> None:
+    src = populated(tmp_path / "leader")
+    src.set_member_ids(0x1, 0xC)
+    new_dir = tmp_path / "follower"
+    new_dir.mkdir()
+    install_snapshot(str(new_dir / "db"), src.snapshot_chunks(), member_ids=(0x2, 0xC))
+    with Backend(str(new_dir / "db")) as be:
+        assert be.member_ids() == (0x2, 0xC)
+        be.check_member_ids(0x2, 0xC)
+        assert dump(be)["key"] == dump(src)["key"]
+    assert not (new_dir / "db.tmp").exists()
+    assert not (new_dir / "db.tmp-lock").exists()
+    src.close()
