@@ -43,6 +43,7 @@ from cluster.storage.backend import Backend, install_snapshot
 from cluster.storage.durable import Retention, has_raft_log, open_raft_log
 
 from . import kvconv
+from .compactor import AutoCompactor
 from .join import ExistingCluster, describe_members, discover
 from .kvconv import RequestError
 from .requests import InternalRequest, decode_request, encode_request
@@ -95,10 +96,12 @@ class Member:
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()  # e.g. auto-compactions in flight
         self._stopping = False
         self.conf = ConfState()
         # Set once this member applies its own removal: it must stop serving (cli.serve).
         self.removed = asyncio.Event()
+        self.compactor = AutoCompactor(cfg.auto_compaction_mode, cfg.auto_compaction_retention)
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -171,9 +174,10 @@ class Member:
     async def stop(self) -> None:
         """Stop serving: fail waiting requests, persist what is pending, close files."""
         self._stopping = True
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._background]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.transport.close()
@@ -322,8 +326,37 @@ class Member:
         while True:
             await asyncio.sleep(interval)
             self.node.tick()
-            self.backend.commit_if_due(asyncio.get_running_loop().time())
+            now = asyncio.get_running_loop().time()
+            self.backend.commit_if_due(now)
+            self._auto_compact(now)
             self._wake.set()
+
+    def _auto_compact(self, now: float) -> None:
+        """Only the leader compacts (etcd's compactor pauses on followers)."""
+        compactor = self.compactor
+        if not compactor.enabled:
+            return
+        if self.node.state == StateType.LEADER:
+            if compactor.paused:
+                compactor.resume(now)
+        elif not compactor.paused:
+            compactor.pause()
+        revision = compactor.due(now, self.kv.current_revision)
+        if revision is not None:
+            task = asyncio.get_running_loop().create_task(self._compact(revision))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _compact(self, revision: int) -> None:
+        ok = True
+        try:
+            await self.write(pb.CompactionRequest(revision=revision))
+            log.info("auto-compacted the key-value store at revision %d", revision)
+        except RequestError as exc:
+            ok = exc == RequestError(*kvconv.ERR_COMPACTED)  # done already: as good
+            if not ok:
+                log.warning("auto-compaction at revision %d failed: %s", revision, exc)
+        self.compactor.result(revision, ok, asyncio.get_running_loop().time())
 
     async def _ready_loop(self) -> None:
         while True:

@@ -375,3 +375,23 @@ async def test_etcdctl_move_leader_on_a_single_member(live: LiveMember) -> None:
 async def test_etcdctl_alarm_list_is_empty(live: LiveMember) -> None:
     assert (await _etcdctl(live.endpoint, "alarm", "list"))[0] == ""
     assert (await _etcdctl(live.endpoint, "alarm", "disarm"))[0] == ""
+
+
+async def test_periodic_auto_compaction_compacts_on_the_leader(tmp_path: Path) -> None:
+    lm = await start_member(
+        tmp_path / "m0", auto_compaction_mode="periodic", auto_compaction_retention="1s"
+    )
+    try:
+        await lm.wait_leader()
+        for i in range(5):
+            await lm.kv.Put(pb.PutRequest(key=b"k", value=str(i).encode()))
+        async with asyncio.timeout(5):  # the first compaction comes a full retention after start
+            while lm.member.kv.compact_revision < 2:
+                await asyncio.sleep(0.05)
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await lm.kv.Range(pb.RangeRequest(key=b"k", revision=1))
+        assert e.value.details() == "etcdserver: mvcc: required revision has been compacted"
+        latest = await lm.kv.Range(pb.RangeRequest(key=b"k"))
+        assert latest.kvs[0].value == b"4"
+    finally:
+        await lm.stop()
