@@ -527,21 +527,86 @@ class KVStore:
                 hasher.write(key, value)
         return hasher.result().hash, compact
 
+    # -- history (for watchers) --------------------------------------------------------
+    def changes(
+        self,
+        start_rev: int,
+        end_rev: int = 0,
+        *,
+        key: bytes = b"\x00",
+        range_end: bytes = b"\x00",
+        limit: int = 0,
+    ) -> tuple[list[KeyValue], int]:
+        """What the writes of revisions ``start_rev..end_rev`` changed in a key range.
+
+        Returns ``(changes, through)``: the changes of revisions
+        ``start_rev..through`` whose key is in the range (as ``range``'s
+        ``key``/``range_end``; the default is every key), in revision order and
+        in the form of a write result's ``changes`` (a deletion is
+        ``KeyValue(key, mod_revision=<revision>)``). Read from the ``key``
+        bucket by revision, as etcd's syncWatchers does. ``end_rev`` 0 is the
+        current revision.
+
+        ``limit`` > 0 bounds the cost, not the answer: it is the number of
+        bucket rows to read, whatever their keys, rounded up to a whole
+        revision (a revision's changes are never split). ``through`` is then
+        the last revision read, and the caller goes on from ``through + 1``;
+        it is ``end_rev`` when the scan reached it.
+
+        ``CompactedError`` if ``start_rev`` is below the compact revision (the
+        history is complete from the compact revision on), ``FutureRevisionError``
+        if ``end_rev`` is above the current revision.
+        """
+        cur = self._current_rev
+        if end_rev <= 0:
+            end_rev = cur
+        if end_rev > cur:
+            raise FutureRevisionError()
+        start_rev = max(start_rev, 1)
+        if start_rev < self._compact_rev:
+            raise CompactedError()
+        if start_rev > end_rev:
+            return [], end_rev
+        end = _gte_range(range_end)
+        chunk = SCAN_CHUNK if limit <= 0 else min(SCAN_CHUNK, limit + 1)
+        out: list[KeyValue] = []
+        read = last = 0
+        with self._reading() as src:
+            rows = _scan(
+                src, Revision(start_rev).to_bytes(), Revision(end_rev + 1).to_bytes(), chunk
+            )
+            for raw, value in rows:
+                main = Revision.from_bytes(raw).main
+                if 0 < limit <= read and main != last:
+                    return out, last
+                read += 1
+                last = main
+                kv = decode_kv(value)
+                if end is None:
+                    if kv.key != key:
+                        continue
+                elif kv.key < key or (end and kv.key >= end):
+                    continue
+                out.append(KeyValue(kv.key, mod_revision=main) if is_tombstone(raw) else kv)
+        return out, end_rev
+
 
 # -- helpers --------------------------------------------------------------------------
 
 
-def _scan(src: _Reader, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-    """``key`` bucket rows in [start, end) (end None: to the last), a chunk at a time.
+def _scan(
+    src: _Reader, start: bytes, end: bytes | None, chunk: int = SCAN_CHUNK
+) -> Iterator[tuple[bytes, bytes]]:
+    """``key`` bucket rows in [start, end) (end None: to the last), ``chunk`` rows at a time.
 
     Each chunk is read whole before it is yielded, so the caller may delete
     the rows it is given.
     """
     stop = end if end is not None else b"\xff" * 19
     while True:
-        rows = src.range(KEY_BUCKET, start, stop, SCAN_CHUNK)
+        rows = src.range(KEY_BUCKET, start, stop, chunk)
         yield from rows
-        if len(rows) < SCAN_CHUNK:
+        if len(rows) < chunk:
             return
         last = Revision.from_bytes(rows[-1][0])
         start = Revision(last.main, last.sub + 1).to_bytes()
