@@ -20,7 +20,8 @@ from cluster.storage.wal import WALError
 log = logging.getLogger("cluster")
 
 
-async def serve(cfg: MemberConfig) -> None:
+async def serve(cfg: MemberConfig) -> int:
+    """Run one member; the process's exit status (0: stopped cleanly)."""
     from cluster.server.cluster import ClusterServicer
     from cluster.server.kv import KVServicer, grpc_server_options
     from cluster.server.maintenance import MaintenanceServicer
@@ -49,7 +50,11 @@ async def serve(cfg: MemberConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Until a signal, or until this member applies its own removal (as etcd, it exits).
-    waits = [loop.create_task(stop.wait()), loop.create_task(member.removed.wait())]
+    waits = [
+        loop.create_task(stop.wait()),
+        loop.create_task(member.removed.wait()),
+        loop.create_task(member.failed.wait()),
+    ]
     _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
@@ -58,6 +63,10 @@ async def serve(cfg: MemberConfig) -> None:
     log.info("stopping: finishing in-flight requests")
     await server.stop(grace=2.0)
     await member.stop()
+    if member.failed.is_set():
+        print(f"error: {member.failure}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(cfg))
+        return asyncio.run(serve(cfg))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -80,4 +89,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         # line naming the file and what is wrong, never a traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return 0

@@ -14,7 +14,7 @@ What etcd's v3rpc/maintenance.go answers, with its codes and messages:
   page history and differ between members that hold the same data, so a
   file checksum would be useless for comparing members.) The value differs
   from a real etcd's over the same keys, whose backend has buckets ours
-  lacks (``alarm``); compare members of this implementation with each other.
+  lacks; compare members of this implementation with each other.
 - ``HashKV``: ``KVStore.hash_kv`` (etcd's HashByRev of the ``key`` bucket),
   the header's revision the current one, ``hash_revision`` the revision the
   hash covers.
@@ -39,10 +39,11 @@ What etcd's v3rpc/maintenance.go answers, with its codes and messages:
   read transaction must not outlive the environment.
 - ``MoveLeader``: only on the leader; the target must be a voting member;
   then waits, one heartbeat interval at a time, until the target leads.
-- ``Alarm``: no alarms are ever raised yet (NOSPACE needs the alarm to be
-  replicated through Raft and stored in the backend's ``alarm`` bucket):
-  GET lists none, DEACTIVATE has nothing to clear, ACTIVATE of a real
-  alarm is refused as unimplemented.
+- ``Alarm``: GET lists the raised alarms (after a linearizable barrier) of
+  the requested type (NONE: all); ACTIVATE and DEACTIVATE go through Raft
+  (``cluster.server.alarms``) and answer with the alarms they changed. Status
+  lists each raised alarm in ``errors`` as etcd does (``memberID:<id>
+  alarm:NOSPACE``), and "etcdserver: no leader" while there is none.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ from cluster.storage.backend import (
 )
 from cluster.storage.bolt import BoltWriter
 
-from .kvconv import ERR_NO_SPACE, ERR_NOT_LEADER, ErrorSpec, RequestError
+from .alarms import describe as describe_alarm
+from .kvconv import ERR_NO_LEADER, ERR_NO_SPACE, ERR_NOT_LEADER, ErrorSpec, RequestError
 from .member import Member
 
 log = logging.getLogger(__name__)
@@ -92,10 +94,6 @@ ERR_BAD_LEADER_TRANSFEREE: Final[ErrorSpec] = (
 ERR_TIMEOUT_LEADER_TRANSFER: Final[ErrorSpec] = (
     _Code.UNAVAILABLE,
     "etcdserver: request timed out, leader transfer took too long",
-)
-ERR_ALARM_UNIMPLEMENTED: Final[ErrorSpec] = (
-    _Code.UNIMPLEMENTED,
-    "etcdserver: raising alarms is not supported yet",
 )
 
 META_BUCKET = "meta"
@@ -167,7 +165,13 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
             raftAppliedIndex=raft_log.applied,
             isLearner=m.node.is_learner,
             dbSizeQuota=m.cfg.quota_backend_bytes,
+            errors=self._errors(),
         )
+
+    def _errors(self) -> list[str]:
+        m = self.member
+        errors = [] if m.leader else [ERR_NO_LEADER[1]]
+        return errors + [describe_alarm(a) for a in m.alarms.active()]
 
     # -- hashes ---------------------------------------------------------------------------
     async def Hash(
@@ -308,7 +312,15 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
     async def Alarm(
         self, request: pb.AlarmRequest, context: grpc.aio.ServicerContext
     ) -> pb.AlarmResponse:
-        if request.action == pb.AlarmRequest.ACTIVATE and request.alarm != pb.NONE:
-            await _abort(context, ERR_ALARM_UNIMPLEMENTED)
-        # GET: no alarm is ever raised; DEACTIVATE (or ACTIVATE of NONE): nothing changes.
-        return pb.AlarmResponse(header=self.member.header())
+        m = self.member
+        try:
+            if request.action == pb.AlarmRequest.GET:
+                await m.linearizable_barrier()
+                resp = pb.AlarmResponse(alarms=m.alarms.active(request.alarm))
+                m.fill_header(resp.header)
+                return resp
+            answer = await m.write(request)
+        except RequestError as err:
+            await _abort(context, (err.code, err.message))
+        assert isinstance(answer, pb.AlarmResponse)
+        return answer

@@ -39,10 +39,11 @@ from cluster.raft import (
     Snapshot,
     StateType,
 )
-from cluster.storage.backend import Backend, install_snapshot
+from cluster.storage.backend import Backend, BackendQuotaError, install_snapshot
 from cluster.storage.durable import Retention, has_raft_log, open_raft_log
 
 from . import kvconv
+from .alarms import Alarms, hard_limit, quota_cost
 from .compactor import AutoCompactor
 from .join import ExistingCluster, describe_members, discover
 from .kvconv import RequestError
@@ -97,6 +98,10 @@ class Member:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()  # e.g. auto-compactions in flight
+        self._raising_nospace = False
+        # Set (with its reason) when this member cannot go on: cli.serve exits non-zero.
+        self.failed = asyncio.Event()
+        self.failure = ""
         self._stopping = False
         self.conf = ConfState()
         # Set once this member applies its own removal: it must stop serving (cli.serve).
@@ -127,11 +132,14 @@ class Member:
                 ids = (self.id, self.cluster_id)
         self.log_store = open_raft_log(cfg.data_dir, *ids, retention=retention)
         self.id, self.cluster_id = self.log_store.member_id, self.log_store.cluster_id
-        self.backend = Backend(self.log_store.paths.db_path, quota_bytes=cfg.quota_backend_bytes)
+        self.backend = Backend(
+            self.log_store.paths.db_path, quota_bytes=hard_limit(cfg.quota_backend_bytes)
+        )
         if self.backend.member_ids() is None:
             self.backend.set_member_ids(self.id, self.cluster_id)
         self.backend.check_member_ids(self.id, self.cluster_id)
         self.kv = KVStore(self.backend, max_txn_ops=cfg.max_txn_ops)
+        self.alarms = Alarms(self.backend)
         if self.log_store.is_new and joined is None:
             self.log_store.bootstrap(sorted(p.id for p in self.peers))
         snap = self.log_store.storage.snapshot()
@@ -222,7 +230,15 @@ class Member:
         return self.node.lead
 
     async def write(self, request: InternalRequest) -> object:
-        """Propose ``request`` through Raft; its response once applied on this member."""
+        """Propose ``request`` through Raft; its response once applied on this member.
+
+        A request that adds data is refused first if it would take the backend to its
+        quota (etcd's quota check); this member then raises the NOSPACE alarm.
+        """
+        added = quota_cost(request)
+        if added and self.backend.size_bytes() + added >= self.cfg.quota_backend_bytes:
+            self._raise_nospace()
+            raise RequestError(*kvconv.ERR_NO_SPACE)
         request_id = next(self._ids)
         fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = fut
@@ -235,6 +251,34 @@ class Member:
             return await self._within_timeout(fut)
         finally:
             self._waiting.pop(request_id, None)
+
+    def _raise_nospace(self) -> None:
+        if self._raising_nospace or any(
+            a.memberID == self.id for a in self.alarms.active(pb.NOSPACE)
+        ):
+            return
+        log.warning(
+            "the backend (%d bytes) reached its quota of %d bytes: raising the NOSPACE alarm",
+            self.backend.size_bytes(),
+            self.cfg.quota_backend_bytes,
+        )
+        self._raising_nospace = True
+
+        async def activate() -> None:
+            try:
+                await self.write(
+                    pb.AlarmRequest(
+                        action=pb.AlarmRequest.ACTIVATE, memberID=self.id, alarm=pb.NOSPACE
+                    )
+                )
+            except RequestError as exc:
+                log.warning("could not raise the NOSPACE alarm: %s", exc)
+            finally:
+                self._raising_nospace = False
+
+        task = asyncio.get_running_loop().create_task(activate())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def change_membership(
         self, kind: ConfChangeType, member_id: int, attrs: pb.Member | None = None
@@ -327,7 +371,11 @@ class Member:
             await asyncio.sleep(interval)
             self.node.tick()
             now = asyncio.get_running_loop().time()
-            self.backend.commit_if_due(now)
+            try:
+                self.backend.commit_if_due(now)
+            except BackendQuotaError as exc:
+                self._fail(f"backend: {self.backend.path} is full ({exc})")
+                return
             self._auto_compact(now)
             self._wake.set()
 
@@ -359,11 +407,27 @@ class Member:
         self.compactor.result(revision, ok, asyncio.get_running_loop().time())
 
     async def _ready_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self.node.has_ready():
-                self._handle(self.node.ready())
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self.node.has_ready():
+                    self._handle(self.node.ready())
+        except BackendQuotaError as exc:
+            # The backend file is at its hard limit (well above the quota): a committed
+            # entry cannot be applied. Stop rather than diverge; the WAL still holds it.
+            self._fail(
+                f"backend: {self.backend.path} is full ({exc}); restart with a larger "
+                "--quota-backend-bytes to apply the remaining entries"
+            )
+        except Exception as exc:
+            log.exception("the Raft loop failed")
+            self._fail(f"the Raft loop failed: {exc!r}")
+
+    def _fail(self, reason: str) -> None:
+        log.critical("%s", reason)
+        self.failure = reason
+        self.failed.set()
 
     def _handle(self, rd: Ready) -> None:
         if rd.snapshot is not None:
@@ -405,6 +469,10 @@ class Member:
                     response = self._apply_publish(proposed.request)
                 elif isinstance(proposed.request, pb.MemberUpdateRequest):
                     response = self._apply_member_update(proposed.request)
+                elif isinstance(proposed.request, pb.AlarmRequest):
+                    response = self._apply_alarm(proposed.request)
+                elif self.alarms.refuses(proposed.request):
+                    raise RequestError(*kvconv.ERR_NO_SPACE)
                 else:
                     response = kvconv.apply_request(self.kv, proposed.request)
             except RequestError as exc:
@@ -417,6 +485,15 @@ class Member:
                     self.fill_header(response.header)
                     fut.set_result(response)
         batch.set_consistent_index(entry.index, entry.term)
+
+    def _apply_alarm(self, req: pb.AlarmRequest) -> pb.AlarmResponse:
+        resp = self.alarms.apply(req, self.conf.voters | self.conf.learners)
+        for alarm in resp.alarms:
+            change = "raised" if req.action == pb.AlarmRequest.ACTIVATE else "cleared"
+            log.warning(
+                "alarm %s %s for member %x", pb.AlarmType.Name(alarm.alarm), change, alarm.memberID
+            )
+        return resp
 
     def _backend_image(self) -> bytes:
         """The committed backend as one blob of length-prefixed stream chunks."""
@@ -437,8 +514,9 @@ class Member:
         self.backend.batch().abort()  # whatever it held is superseded by the image
         self.backend.close()
         install_snapshot(path, chunks, member_ids=(self.id, self.cluster_id))
-        self.backend = Backend(path, quota_bytes=self.cfg.quota_backend_bytes)
+        self.backend = Backend(path, quota_bytes=hard_limit(self.cfg.quota_backend_bytes))
         self.kv = KVStore(self.backend, max_txn_ops=self.cfg.max_txn_ops)
+        self.alarms = Alarms(self.backend)
         index = self.backend.consistent_index()[0]
         log.info("installed the leader's backend (consistent index %d)", index)
 

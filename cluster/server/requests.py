@@ -14,7 +14,8 @@ _HEADER = struct.Struct(">QQB")  # origin member id, request id, kind
 WriteRequest = pb.PutRequest | pb.DeleteRangeRequest | pb.TxnRequest | pb.CompactionRequest
 # A member publishing its name and client URLs to the cluster (etcd's "publish"), and
 # MemberUpdate's new peer URLs for a member.
-InternalRequest = WriteRequest | pb.Member | pb.MemberUpdateRequest
+# An alarm raised or cleared (etcd's AlarmRequest: NOSPACE, CORRUPT).
+InternalRequest = WriteRequest | pb.Member | pb.MemberUpdateRequest | pb.AlarmRequest
 
 
 class RequestKind(enum.IntEnum):
@@ -24,6 +25,7 @@ class RequestKind(enum.IntEnum):
     COMPACTION = 4
     PUBLISH_MEMBER = 5
     UPDATE_MEMBER = 6
+    ALARM = 7
 
 
 _KIND_OF: dict[type, RequestKind] = {
@@ -33,6 +35,7 @@ _KIND_OF: dict[type, RequestKind] = {
     pb.CompactionRequest: RequestKind.COMPACTION,
     pb.Member: RequestKind.PUBLISH_MEMBER,
     pb.MemberUpdateRequest: RequestKind.UPDATE_MEMBER,
+    pb.AlarmRequest: RequestKind.ALARM,
 }
 _TYPE_OF = {kind: cls for cls, kind in _KIND_OF.items()}
 

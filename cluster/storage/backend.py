@@ -266,6 +266,7 @@ class Backend:
     """The LMDB environment of one member, with its buckets and its write batch."""
 
     BUCKETS: tuple[str, ...] = (
+        "alarm",
         "key",
         "meta",
         "lease",

@@ -90,3 +90,35 @@ def test_a_frozen_leader_acknowledges_nothing_stale_after_it_resumes(tmp_path: P
         assert done.stdout.split() == ["2"]
     finally:
         c.stop()
+
+
+def test_a_nospace_alarm_stops_writes_on_every_member(tmp_path: Path) -> None:
+    c = Cluster(tmp_path)
+    for m in c.members:
+        m.args += ["--quota-backend-bytes", str(512 * 1024)]
+    c.start()
+    try:
+        c.leader(c.members)
+        first = c.members[0]
+        for i in range(40):
+            done = c.run_etcdctl("put", f"k{i:02}", "v" * 64 * 1024, endpoints=[first])
+            if done.returncode != 0:
+                break
+        assert "etcdserver: mvcc: database space exceeded" in done.stderr
+        for _ in range(50):
+            alarms = c.etcdctl("alarm", "list").splitlines()
+            if alarms:
+                break
+            time.sleep(0.1)
+        assert [a.split()[1] for a in alarms] == ["alarm:NOSPACE"], alarms
+        # Every member applied the alarm: none of them takes a write now, however small.
+        for m in c.members:
+            done = c.run_etcdctl("put", "small", "1", endpoints=[m])
+            assert "etcdserver: mvcc: database space exceeded" in done.stderr, m.name
+            status = c.statuses([m])[0]["Status"]
+            assert isinstance(status, dict)
+            # (a member whose own backend is past the quota raises its own alarm too)
+            assert {e.split()[1] for e in status["errors"]} == {"alarm:NOSPACE"}
+        c.converged()
+    finally:
+        c.stop()

@@ -53,6 +53,7 @@ def dump(be: Backend) -> dict[str, list[tuple[bytes, bytes]]]:
 
 def test_buckets_exist_with_etcds_names(be: Backend) -> None:
     assert Backend.BUCKETS == (
+        "alarm",
         "key",
         "meta",
         "lease",
