@@ -99,6 +99,7 @@ class Member:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()  # e.g. auto-compactions in flight
         self._raising_nospace = False
+        self._lead = 0  # the leader this member last knew of (0: none)
         # Set (with its reason) when this member cannot go on: cli.serve exits non-zero.
         self.failed = asyncio.Event()
         self.failure = ""
@@ -447,10 +448,23 @@ class Member:
             fut = self._reads.get(rs.request_ctx)
             if fut is not None and not fut.done():
                 fut.set_result(rs.index)
-        if rd.soft_state is not None and rd.soft_state.state == StateType.LEADER:
-            log.info("member %x became leader at term %d", self.id, self.node.term)
+        if rd.soft_state is not None:
+            if rd.soft_state.state == StateType.LEADER:
+                log.info("member %x became leader at term %d", self.id, self.node.term)
+            if rd.soft_state.lead != self._lead:
+                self._leader_changed(rd.soft_state.lead)
         self.node.advance(rd)
         self._after_apply()
+
+    def _leader_changed(self, lead: int) -> None:
+        """As etcd: reads waiting for a read index from the old leader fail at once with
+        "leader changed" (clients retry them) instead of waiting for their timeout."""
+        if self._lead:
+            for ctx, fut in list(self._reads.items()):
+                if not fut.done():
+                    fut.set_exception(RequestError(*kvconv.ERR_LEADER_CHANGED))
+                self._reads.pop(ctx, None)
+        self._lead = lead
 
     def _apply(self, entry: Entry) -> None:
         batch = self.backend.batch()

@@ -44,6 +44,28 @@ def test_leader_killed_then_restarted_keeps_every_write(cluster: Cluster) -> Non
             break
         time.sleep(0.2)
     assert out == ["after", "k0", "k1", "k2", "k3", "k4"]
+    cluster.converged()  # the same revision, applied index and HashKV on all three
+
+
+def test_follower_killed_writes_go_on_and_it_catches_up(cluster: Cluster) -> None:
+    leader = cluster.leader(cluster.members)
+    follower = next(m for m in cluster.members if m is not leader)
+    follower.signal(signal.SIGKILL)
+    follower.wait()
+    rest = [m for m in cluster.members if m is not follower]
+    acked = []
+    for i in range(20):
+        cluster.etcdctl("put", f"w{i:02}", str(i), endpoints=rest)
+        acked.append(f"w{i:02}")
+    follower.start()
+    for _ in range(50):
+        done = cluster.run_etcdctl("get", "--prefix", "w", "--keys-only", "--consistency=s",
+                                   endpoints=[follower])  # fmt: skip
+        if done.returncode == 0 and done.stdout.split() == acked:
+            break
+        time.sleep(0.2)
+    assert done.stdout.split() == acked  # no acknowledged write is missing
+    cluster.converged()
 
 
 def test_sigterm_stops_a_member_cleanly(cluster: Cluster) -> None:

@@ -88,6 +88,7 @@ def test_a_frozen_leader_acknowledges_nothing_stale_after_it_resumes(tmp_path: P
                 break
             time.sleep(0.1)
         assert done.stdout.split() == ["2"]
+        c.converged()
     finally:
         c.stop()
 
