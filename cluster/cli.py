@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import grpc
 
 from cluster.config import ConfigError, MemberConfig, load
-from cluster.proto.etcdserverpb import rpc_pb2_grpc
 from cluster.storage.backend import BackendError
 from cluster.storage.snap import SnapshotError
 from cluster.storage.wal import WALError
@@ -22,17 +21,14 @@ log = logging.getLogger("cluster")
 
 async def serve(cfg: MemberConfig) -> int:
     """Run one member; the process's exit status (0: stopped cleanly)."""
-    from cluster.server.cluster import ClusterServicer
-    from cluster.server.kv import KVServicer, grpc_server_options
-    from cluster.server.maintenance import MaintenanceServicer
+    from cluster.server.kv import grpc_server_options
     from cluster.server.member import Member
+    from cluster.server.services import add_services
 
     member = Member(cfg)
     await member.start()
     server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
-    rpc_pb2_grpc.add_KVServicer_to_server(KVServicer(member), server)
-    rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(member), server)
-    rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(member), server)
+    add_services(server, member)
     for url in cfg.listen_client_urls:
         if url.scheme != "http":
             raise ConfigError(f"--listen-client-urls: {url}: TLS is not supported yet")

@@ -279,6 +279,22 @@ class KVStore:
         result.changes = self._end(txn)
         return result
 
+    def delete_keys(self, keys: Sequence[bytes]) -> DeleteRangeResult:
+        """Delete the live ones of ``keys`` at one new revision, without the txn op limit:
+        a lease revoke's deletions (etcd deletes a revoked lease's keys in one txn)."""
+
+        def run() -> DeleteRangeResult:
+            deleted = 0
+            for key in sorted(set(keys)):
+                deleted += self._delete_range(txn, DeleteRangeRequest(key)).deleted
+            return DeleteRangeResult(txn.begin_rev, deleted)
+
+        txn = _Txn(self._batch, self._current_rev)
+        result = self._guarded(run)
+        result.changes = self._end(txn)
+        result.revision = self._current_rev
+        return result
+
     def txn(
         self,
         compares: Sequence[Compare] = (),

@@ -22,6 +22,7 @@ from typing import TypeVar
 from google.protobuf.message import DecodeError
 
 from cluster.config import URL, ConfigError, MemberConfig, compute_member_id, parse_url
+from cluster.lease import EXPIRY_CHECK_INTERVAL, Lessor
 from cluster.mvcc.store import KVStore
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.raft import (
@@ -41,9 +42,11 @@ from cluster.raft import (
 )
 from cluster.storage.backend import Backend, BackendQuotaError, install_snapshot
 from cluster.storage.durable import Retention, has_raft_log, open_raft_log
+from cluster.watch import WatchHub
 
 from . import kvconv
 from .alarms import Alarms, hard_limit, quota_cost
+from .apply import Applied, Applier
 from .compactor import AutoCompactor
 from .join import ExistingCluster, describe_members, discover
 from .kvconv import RequestError
@@ -100,6 +103,8 @@ class Member:
         self._background: set[asyncio.Task[None]] = set()  # e.g. auto-compactions in flight
         self._raising_nospace = False
         self._lead = 0  # the leader this member last knew of (0: none)
+        self._next_lease_check = 0.0
+        self._next_progress = 0.0
         # Set (with its reason) when this member cannot go on: cli.serve exits non-zero.
         self.failed = asyncio.Event()
         self.failure = ""
@@ -139,8 +144,14 @@ class Member:
         if self.backend.member_ids() is None:
             self.backend.set_member_ids(self.id, self.cluster_id)
         self.backend.check_member_ids(self.id, self.cluster_id)
-        self.kv = KVStore(self.backend, max_txn_ops=cfg.max_txn_ops)
-        self.alarms = Alarms(self.backend)
+        self.applier = Applier(
+            self.backend,
+            max_txn_ops=cfg.max_txn_ops,
+            heartbeat_ms=cfg.heartbeat_interval_ms,
+            election_ms=cfg.election_timeout_ms,
+            expired_retry_interval=self.request_timeout,
+            on_unsynced=self._wake.set,
+        )
         if self.log_store.is_new and joined is None:
             self.log_store.bootstrap(sorted(p.id for p in self.peers))
         snap = self.log_store.storage.snapshot()
@@ -227,6 +238,22 @@ class Member:
         return self.cfg.max_txn_ops
 
     @property
+    def kv(self) -> KVStore:
+        return self.applier.kv
+
+    @property
+    def alarms(self) -> Alarms:
+        return self.applier.alarms
+
+    @property
+    def lessor(self) -> Lessor:
+        return self.applier.lessor
+
+    @property
+    def hub(self) -> WatchHub:
+        return self.applier.hub
+
+    @property
     def leader(self) -> int:
         return self.node.lead
 
@@ -237,7 +264,7 @@ class Member:
         quota (etcd's quota check); this member then raises the NOSPACE alarm.
         """
         added = quota_cost(request)
-        if added and self.backend.size_bytes() + added >= self.cfg.quota_backend_bytes:
+        if added and self._backend_size() + added >= self.cfg.quota_backend_bytes:
             self._raise_nospace()
             raise RequestError(*kvconv.ERR_NO_SPACE)
         request_id = next(self._ids)
@@ -253,6 +280,10 @@ class Member:
         finally:
             self._waiting.pop(request_id, None)
 
+    def _backend_size(self) -> int:
+        """The db file, and what the open batch will add to it when it commits."""
+        return self.backend.size_bytes() + self.backend.batch().pending_bytes
+
     def _raise_nospace(self) -> None:
         if self._raising_nospace or any(
             a.memberID == self.id for a in self.alarms.active(pb.NOSPACE)
@@ -260,7 +291,7 @@ class Member:
             return
         log.warning(
             "the backend (%d bytes) reached its quota of %d bytes: raising the NOSPACE alarm",
-            self.backend.size_bytes(),
+            self._backend_size(),
             self.cfg.quota_backend_bytes,
         )
         self._raising_nospace = True
@@ -378,7 +409,46 @@ class Member:
                 self._fail(f"backend: {self.backend.path} is full ({exc})")
                 return
             self._auto_compact(now)
+            self._lease_duties(now)
+            self._watch_duties(now)
             self._wake.set()
+
+    def _lease_duties(self, now: float) -> None:
+        """The leader revokes expired leases and records remaining TTLs, through Raft."""
+        if now < self._next_lease_check or self.node.state != StateType.LEADER:
+            return
+        self._next_lease_check = now + EXPIRY_CHECK_INTERVAL
+        lessor = self.lessor
+        if not lessor.is_primary:
+            return
+        for lease_id in lessor.expired(now):
+            self._background_write(pb.LeaseRevokeRequest(ID=lease_id), "revoke expired lease")
+        due = lessor.checkpoints_due(now)
+        if due:
+            checkpoints = [pb.LeaseCheckpoint(ID=i, remaining_TTL=ttl) for i, ttl in due]
+            self._background_write(
+                pb.LeaseCheckpointRequest(checkpoints=checkpoints), "checkpoint leases"
+            )
+
+    def _watch_duties(self, now: float) -> None:
+        hub = self.hub
+        if hub.unsynced_count:
+            hub.sync_unsynced()
+        if now >= self._next_progress:
+            if self._next_progress:
+                hub.progress_tick()
+            self._next_progress = now + hub.progress_interval
+
+    def _background_write(self, request: InternalRequest, what: str) -> None:
+        async def run() -> None:
+            try:
+                await self.write(request)
+            except RequestError as exc:
+                log.debug("could not %s: %s", what, exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _auto_compact(self, now: float) -> None:
         """Only the leader compacts (etcd's compactor pauses on followers)."""
@@ -449,12 +519,19 @@ class Member:
             if fut is not None and not fut.done():
                 fut.set_result(rs.index)
         if rd.soft_state is not None:
+            now = asyncio.get_running_loop().time()
             if rd.soft_state.state == StateType.LEADER:
                 log.info("member %x became leader at term %d", self.id, self.node.term)
+                # etcd: leases restart from their remaining TTL, plus an election timeout
+                self.lessor.promote(now, self.cfg.election_timeout_ms / 1000)
+            elif self.lessor.is_primary:
+                self.lessor.demote()
             if rd.soft_state.lead != self._lead:
                 self._leader_changed(rd.soft_state.lead)
         self.node.advance(rd)
         self._after_apply()
+        if self.hub.unsynced_count:
+            self.hub.sync_unsynced()  # watchers behind catch up without waiting for a tick
 
     def _leader_changed(self, lead: int) -> None:
         """As etcd: reads waiting for a read index from the old leader fail at once with
@@ -477,7 +554,13 @@ class Member:
             return  # already in the backend (restart replay): never apply twice
         if entry.type == EntryType.NORMAL and entry.data:
             proposed = decode_request(entry.data)
-            response: object
+            response: (
+                Applied
+                | pb.MemberListResponse
+                | pb.MemberUpdateResponse
+                | pb.AlarmResponse
+                | RequestError
+            )
             try:
                 if isinstance(proposed.request, pb.Member):
                     response = self._apply_publish(proposed.request)
@@ -485,10 +568,9 @@ class Member:
                     response = self._apply_member_update(proposed.request)
                 elif isinstance(proposed.request, pb.AlarmRequest):
                     response = self._apply_alarm(proposed.request)
-                elif self.alarms.refuses(proposed.request):
-                    raise RequestError(*kvconv.ERR_NO_SPACE)
                 else:
-                    response = kvconv.apply_request(self.kv, proposed.request)
+                    now = asyncio.get_running_loop().time()
+                    response = self.applier.apply(proposed.request, now)
             except RequestError as exc:
                 response = exc  # deterministic: every member refuses it the same way
             fut = self._waiting.get(proposed.request_id) if proposed.origin == self.id else None
@@ -529,8 +611,7 @@ class Member:
         self.backend.close()
         install_snapshot(path, chunks, member_ids=(self.id, self.cluster_id))
         self.backend = Backend(path, quota_bytes=hard_limit(self.cfg.quota_backend_bytes))
-        self.kv = KVStore(self.backend, max_txn_ops=self.cfg.max_txn_ops)
-        self.alarms = Alarms(self.backend)
+        self.applier.reset(self.backend)
         index = self.backend.consistent_index()[0]
         log.info("installed the leader's backend (consistent index %d)", index)
 

@@ -15,7 +15,15 @@ WriteRequest = pb.PutRequest | pb.DeleteRangeRequest | pb.TxnRequest | pb.Compac
 # A member publishing its name and client URLs to the cluster (etcd's "publish"), and
 # MemberUpdate's new peer URLs for a member.
 # An alarm raised or cleared (etcd's AlarmRequest: NOSPACE, CORRUPT).
-InternalRequest = WriteRequest | pb.Member | pb.MemberUpdateRequest | pb.AlarmRequest
+InternalRequest = (
+    WriteRequest
+    | pb.Member
+    | pb.MemberUpdateRequest
+    | pb.AlarmRequest
+    | pb.LeaseGrantRequest
+    | pb.LeaseRevokeRequest
+    | pb.LeaseCheckpointRequest
+)
 
 
 class RequestKind(enum.IntEnum):
@@ -26,6 +34,9 @@ class RequestKind(enum.IntEnum):
     PUBLISH_MEMBER = 5
     UPDATE_MEMBER = 6
     ALARM = 7
+    LEASE_GRANT = 8
+    LEASE_REVOKE = 9
+    LEASE_CHECKPOINT = 10
 
 
 _KIND_OF: dict[type, RequestKind] = {
@@ -36,6 +47,9 @@ _KIND_OF: dict[type, RequestKind] = {
     pb.Member: RequestKind.PUBLISH_MEMBER,
     pb.MemberUpdateRequest: RequestKind.UPDATE_MEMBER,
     pb.AlarmRequest: RequestKind.ALARM,
+    pb.LeaseGrantRequest: RequestKind.LEASE_GRANT,
+    pb.LeaseRevokeRequest: RequestKind.LEASE_REVOKE,
+    pb.LeaseCheckpointRequest: RequestKind.LEASE_CHECKPOINT,
 }
 _TYPE_OF = {kind: cls for cls, kind in _KIND_OF.items()}
 

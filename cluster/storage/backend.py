@@ -153,6 +153,7 @@ class BatchTx:
         self._txn: lmdb.Transaction[bytes] | None = None
         self._owner = 0
         self.pending = 0  # writes since the last commit
+        self.pending_bytes = 0  # bytes of keys and values written since the last commit
 
     def _write_txn(self) -> lmdb.Transaction[bytes]:
         txn = self._txn
@@ -173,6 +174,7 @@ class BatchTx:
         except lmdb.MapFullError as exc:
             raise self._quota_exceeded() from exc
         self.pending += 1
+        self.pending_bytes += len(key) + len(value)
 
     def delete(self, bucket: str, key: bytes) -> bool:
         """Remove ``key``; False if it was absent."""
@@ -220,6 +222,7 @@ class BatchTx:
         txn = self._write_txn()
         self._txn = None
         lost, self.pending = self.pending, 0
+        self.pending_bytes = 0
         try:
             txn.commit()
         except lmdb.MapFullError as exc:
@@ -232,6 +235,7 @@ class BatchTx:
         txn = self._write_txn()
         self._txn = None
         self.pending = 0
+        self.pending_bytes = 0
         txn.abort()
 
     def _quota_exceeded(self) -> BackendQuotaError:

@@ -124,3 +124,18 @@ def test_random_history_against_write_results(kv: KVStore) -> None:
         got, through = kv.changes(start, key=a, range_end=b, limit=limit)
         assert start <= through <= cur or (limit == 0 and through == cur)
         assert got == [c for c in history if start <= c.mod_revision <= through and a <= c.key < b]
+
+
+def test_delete_keys_deletes_many_at_one_revision(kv: KVStore) -> None:
+    store = kv
+    for i in range(300):  # more than a txn may hold
+        store.put(f"k{i:03}".encode(), b"v")
+    before = store.current_revision
+    result = store.delete_keys([f"k{i:03}".encode() for i in range(300)] + [b"absent"])
+    assert result.deleted == 300
+    assert store.current_revision == result.revision == before + 1
+    assert [kv.key for kv in result.changes] == [f"k{i:03}".encode() for i in range(300)]
+    assert {kv.mod_revision for kv in result.changes} == {before + 1}
+    assert store.range(b"k", b"l").count == 0
+    nothing = store.delete_keys([b"absent"])
+    assert (nothing.deleted, nothing.changes, store.current_revision) == (0, [], before + 1)

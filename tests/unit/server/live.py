@@ -2,7 +2,7 @@
 
 ``start_member`` starts one on free loopback ports with etcd's flags (fast
 ticks: 10 ms heartbeats, 100 ms election timeout) and serves the KV and
-Maintenance services; ``LiveMember.stop`` stops both. For a single-member
+Maintenance services (all of ``add_services``); ``LiveMember.stop`` stops both. For a single-member
 cluster, ``wait_leader`` waits until it has elected itself.
 """
 
@@ -16,9 +16,9 @@ import grpc
 
 from cluster.config import load
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
-from cluster.server.kv import KVServicer, grpc_server_options
-from cluster.server.maintenance import MaintenanceServicer
+from cluster.server.kv import grpc_server_options
 from cluster.server.member import Member
+from cluster.server.services import add_services
 from tests.e2e.procs import free_ports
 
 
@@ -62,8 +62,7 @@ async def start_member(data_dir: Path, *, extra_peers: int = 0, **flags: str) ->
     member = Member(cfg)
     await member.start()
     server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
-    pb_grpc.add_KVServicer_to_server(KVServicer(member), server)
-    pb_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(member), server)
+    add_services(server, member)
     server.add_insecure_port(f"127.0.0.1:{client}")
     await server.start()
     endpoint = f"127.0.0.1:{client}"

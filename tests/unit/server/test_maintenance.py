@@ -333,7 +333,7 @@ async def test_a_write_past_the_quota_raises_nospace(tmp_path: Path) -> None:
                 break
         else:
             raise AssertionError("50 puts of 32 KiB fit in a 256 KiB quota")
-        assert lm.member.backend.size_bytes() + 32 * 1024 >= 256 * 1024
+        assert lm.member._backend_size() + 32 * 1024 >= 256 * 1024
         async with asyncio.timeout(5):  # the member raises the alarm through Raft
             while not lm.member.alarms.nospace:
                 await asyncio.sleep(0.01)
