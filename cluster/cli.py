@@ -28,7 +28,7 @@ async def serve(cfg: MemberConfig) -> int:
     member = Member(cfg)
     await member.start()
     server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
-    add_services(server, member)
+    closers = add_services(server, member)
     for url in cfg.listen_client_urls:
         if url.scheme != "http":
             raise ConfigError(f"--listen-client-urls: {url}: TLS is not supported yet")
@@ -58,6 +58,8 @@ async def serve(cfg: MemberConfig) -> int:
         log.info("this member was removed from the cluster")
     log.info("stopping: finishing in-flight requests")
     await server.stop(grace=2.0)
+    for close in closers:
+        await close()
     await member.stop()
     if member.failed.is_set():
         print(f"error: {member.failure}", file=sys.stderr)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import grpc
+
 from cluster.lease import (
     LeaseError,
     Lessor,
@@ -37,7 +39,7 @@ Applied = (
 
 def lease_error(exc: LeaseError) -> RequestError:
     """The lessor's error as etcd answers it (code and message)."""
-    return RequestError(exc.grpc_code, exc.grpc_message)
+    return RequestError(grpc.StatusCode[exc.grpc_code], exc.grpc_message)
 
 
 class Applier:

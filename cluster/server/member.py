@@ -484,6 +484,8 @@ class Member:
                 self._wake.clear()
                 while self.node.has_ready():
                     self._handle(self.node.ready())
+                if self.hub.unsynced_count:
+                    self.hub.sync_unsynced()  # woken by the hub: watchers behind catch up
         except BackendQuotaError as exc:
             # The backend file is at its hard limit (well above the quota): a committed
             # entry cannot be applied. Stop rather than diverge; the WAL still holds it.

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import grpc
 
 from cluster.proto.etcdserverpb import rpc_pb2_grpc
+from cluster.proto.v3electionpb import v3election_pb2_grpc
+from cluster.proto.v3lockpb import v3lock_pb2_grpc
 
 from .cluster import ClusterServicer
+from .election import ElectionServicer
 from .kv import KVServicer
+from .lease import LeaseServicer
+from .lock import LockServicer
 from .maintenance import MaintenanceServicer
 from .member import Member
+from .watch import WatchServicer
 
 
-def add_services(server: grpc.aio.Server, member: Member) -> None:
+def add_services(server: grpc.aio.Server, member: Member) -> list[Callable[[], Awaitable[None]]]:
+    """Add every service; what to await when the server has stopped (open links to close)."""
+    lease = LeaseServicer(member)
     rpc_pb2_grpc.add_KVServicer_to_server(KVServicer(member), server)
     rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(member), server)
     rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(member), server)
+    rpc_pb2_grpc.add_LeaseServicer_to_server(lease, server)
+    rpc_pb2_grpc.add_WatchServicer_to_server(WatchServicer(member), server)
+    v3lock_pb2_grpc.add_LockServicer_to_server(LockServicer(member), server)
+    v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionServicer(member), server)
+    return [lease.close]

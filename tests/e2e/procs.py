@@ -107,7 +107,7 @@ class Cluster:
     def start(self) -> None:
         for m in self.members:
             m.start()
-        self.led_at: float | None = None
+        self.led_at = None
 
     def settle(self) -> None:
         """Wait until the members' peer streams have been up for etcd's 5 s HealthInterval

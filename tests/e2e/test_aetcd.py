@@ -13,7 +13,7 @@ aetcd 1.0.0 covers Range only partly: ``get``/``get_prefix`` take no limit and n
 those reads use the client's own stub (``client.kvstub.Range``) with aetcd's ``rpc.RangeRequest``.
 It turns gRPC errors into its own exceptions only in the calls it wraps: OUT_OF_RANGE (compacted or
 future revision) becomes a plain ``aetcd.ClientError``; its ``RevisionCompactedError`` comes only
-from watches, which the server does not serve yet.
+from watches.
 """
 
 from __future__ import annotations
@@ -339,6 +339,72 @@ async def _scenario_write_through_leader_kill(args: dict[str, Any]) -> Any:
     return out
 
 
+async def _scenario_watch(args: dict[str, Any]) -> Any:
+    """A prefix watch from a past revision with prev_kv: history first, then live events."""
+    out: dict[str, Any] = {}
+    async with _client(args["endpoints"]) as c:
+        first = (await c.put(b"/w/a", b"1")).header.revision
+        await c.put(b"/w/a", b"2")
+        await c.put(b"/wx", b"outside")
+        end = b"/w0"  # the prefix "/w/" ends before "/w0"
+        watch = await c.watch(b"/w/", range_end=end, start_revision=first, prev_kv=True)
+        events: list[dict[str, Any]] = []
+
+        async def collect() -> None:
+            async for ev in watch:
+                events.append(
+                    {
+                        "kind": ev.kind,
+                        "key": _s(ev.kv.key),
+                        "value": _s(ev.kv.value),
+                        "mod": ev.kv.mod_revision,
+                        # aetcd wraps an absent prev_kv too: an empty key means none
+                        "prev": _s(ev.prev_kv.value) if ev.prev_kv and ev.prev_kv.key else None,
+                    }
+                )
+                if len(events) == 5:
+                    return
+
+        task = asyncio.ensure_future(collect())
+        await asyncio.sleep(0.3)
+        await c.put(b"/w/b", b"3")
+        await c.delete(b"/w/a")
+        last = (await c.put(b"/w/b", b"4")).header.revision
+        await asyncio.wait_for(task, 10)
+        await watch.cancel()
+        out["first"], out["last"], out["events"] = first, last, events
+    return out
+
+
+async def _scenario_lease(args: dict[str, Any]) -> Any:
+    import aetcd
+
+    out: dict[str, Any] = {}
+    async with _client(args["endpoints"]) as c:
+        lease = await c.lease(3)
+        out["granted"] = lease.ttl
+        await c.put(b"/lease/a", b"1", lease=lease)
+        await c.put(b"/lease/b", b"2", lease=lease)
+        out["keys"] = sorted(_s(k) for k in await lease.keys())
+        for _ in range(5):  # 5 s of keep-alive: longer than the TTL
+            await lease.refresh()
+            await asyncio.sleep(1)
+        out["alive_after_refresh"] = [_s(kv.key) for kv in await c.get_prefix(b"/lease/")]
+        out["remaining"] = await lease.remaining_ttl()
+        await lease.revoke()
+        out["after_revoke"] = [_s(kv.key) for kv in await c.get_prefix(b"/lease/")]
+
+        short = await c.lease(2)
+        await c.put(b"/lease/short", b"x", lease=short)
+        await asyncio.sleep(4)  # no keep-alive: the leader revokes it
+        out["after_expiry"] = [_s(kv.key) for kv in await c.get_prefix(b"/lease/")]
+        try:
+            await c.put(b"/lease/c", b"3", lease=aetcd.leases.Lease(0x7777, 5, c))
+        except Exception as e:
+            out["unknown_lease"] = _error(e)
+    return out
+
+
 def _child_main(argv: list[str]) -> int:
     name, raw = argv
     scenario = globals()[f"_scenario_{name}"]
@@ -471,3 +537,28 @@ def test_writes_survive_a_sigkilled_leader(tmp_path: Path) -> None:
 
 if __name__ == "__main__":
     sys.exit(_child_main(sys.argv[1:]))
+
+
+def test_watch_replays_history_then_streams_live_events(kv_cluster: Cluster) -> None:
+    got = run_aetcd("watch", endpoints=kv_cluster.endpoints)
+    first = got["first"]
+    assert [(e["kind"], e["key"], e["value"], e["prev"]) for e in got["events"]] == [
+        ("PUT", "/w/a", "1", None),
+        ("PUT", "/w/a", "2", "1"),
+        ("PUT", "/w/b", "3", None),
+        ("DELETE", "/w/a", "", "2"),
+        ("PUT", "/w/b", "4", "3"),
+    ]
+    mods = [e["mod"] for e in got["events"]]
+    assert mods[0] == first and mods == sorted(mods) and mods[-1] == got["last"]
+
+
+def test_leases_keep_alive_revoke_and_expiry(kv_cluster: Cluster) -> None:
+    got = run_aetcd("lease", endpoints=kv_cluster.endpoints)
+    assert got["granted"] == 3
+    assert got["keys"] == ["/lease/a", "/lease/b"]
+    assert got["alive_after_refresh"] == ["/lease/a", "/lease/b"]
+    assert 0 < got["remaining"] <= 3
+    assert got["after_revoke"] == []
+    assert got["after_expiry"] == []
+    assert got["unknown_lease"]["details"].endswith("requested lease not found")

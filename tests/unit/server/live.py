@@ -1,15 +1,16 @@
 """A real member in this process: ``Member`` plus a grpc.aio server, as ``cluster.cli.serve``.
 
 ``start_member`` starts one on free loopback ports with etcd's flags (fast
-ticks: 10 ms heartbeats, 100 ms election timeout) and serves the KV and
-Maintenance services (all of ``add_services``); ``LiveMember.stop`` stops both. For a single-member
+ticks: 10 ms heartbeats, 100 ms election timeout) and serves every service
+(``add_services``); ``LiveMember.stop`` stops both. For a single-member
 cluster, ``wait_leader`` waits until it has elected itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -30,6 +31,7 @@ class LiveMember:
     endpoint: str
     maintenance: pb_grpc.MaintenanceStub
     kv: pb_grpc.KVStub
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def wait_leader(self, timeout: float = 5.0) -> None:
         async with asyncio.timeout(timeout):
@@ -39,6 +41,8 @@ class LiveMember:
     async def stop(self) -> None:
         await self.channel.close()
         await self.server.stop(None)
+        for close in self.closers:
+            await close()
         await self.member.stop()
 
 
@@ -62,7 +66,7 @@ async def start_member(data_dir: Path, *, extra_peers: int = 0, **flags: str) ->
     member = Member(cfg)
     await member.start()
     server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
-    add_services(server, member)
+    closers = add_services(server, member)
     server.add_insecure_port(f"127.0.0.1:{client}")
     await server.start()
     endpoint = f"127.0.0.1:{client}"
@@ -74,4 +78,5 @@ async def start_member(data_dir: Path, *, extra_peers: int = 0, **flags: str) ->
         endpoint,
         pb_grpc.MaintenanceStub(channel),
         pb_grpc.KVStub(channel),
+        closers,
     )
