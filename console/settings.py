@@ -116,3 +116,10 @@ REST_FRAMEWORK = {
 CONSOLE_ETCD_ENDPOINTS = _env_list(
     "CONSOLE_ETCD_ENDPOINTS", "127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379"
 )
+# Optional etcd authentication and TLS for the console's connection (console/etcd.py).
+CONSOLE_ETCD_USER = os.environ.get("CONSOLE_ETCD_USER", "")
+CONSOLE_ETCD_PASSWORD = os.environ.get("CONSOLE_ETCD_PASSWORD", "")
+CONSOLE_ETCD_CA_FILE = os.environ.get("CONSOLE_ETCD_CA_FILE", "")
+CONSOLE_ETCD_CERT_FILE = os.environ.get("CONSOLE_ETCD_CERT_FILE", "")
+CONSOLE_ETCD_KEY_FILE = os.environ.get("CONSOLE_ETCD_KEY_FILE", "")
+CONSOLE_ETCD_TIMEOUT = float(os.environ.get("CONSOLE_ETCD_TIMEOUT", "5"))
