@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -208,6 +211,86 @@ class Cluster:
                 pass
             time.sleep(0.1)
         raise AssertionError("no leader")
+
+
+class BackgroundEtcdctl:
+    """A long-running etcdctl (v3 API: watch, lock, elect, lease keep-alive): its stdout lines
+    queue up as a thread reads them, so a test can wait for a line or check that none comes.
+    ``kill`` (by its own PID) ends it; ``Cluster.background`` kills what is left at exit."""
+
+    def __init__(self, args: list[str], endpoints: list[Proc]) -> None:
+        eps = ",".join(m.endpoint for m in endpoints)
+        self.popen = subprocess.Popen(
+            ["etcdctl", "--endpoints", eps, *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "ETCDCTL_API": "3"},
+        )  # fmt: skip
+        self.queue: queue.Queue[str | None] = queue.Queue()  # None: the output ended
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.queue.put(line.rstrip("\n"))
+        self.queue.put(None)
+
+    def line(self, timeout: float = 15) -> str:
+        try:
+            got = self.queue.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no output within {timeout} s: {self.describe()}") from None
+        if got is None:
+            raise AssertionError(f"etcdctl ended: {self.describe()}")
+        return got
+
+    def lines(self, n: int, timeout: float = 15) -> list[str]:
+        """The next ``n`` lines, all within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        return [self.line(max(0.01, deadline - time.monotonic())) for _ in range(n)]
+
+    def quiet(self, seconds: float = 0.5) -> bool:
+        """Nothing is printed for ``seconds`` (else AssertionError); whether it still runs."""
+        try:
+            got = self.queue.get(timeout=seconds)
+        except queue.Empty:
+            return self.popen.poll() is None
+        raise AssertionError(f"unexpected output {got!r}: {self.describe()}")
+
+    def stderr(self) -> str:
+        """Its standard error, once it has exited (waits up to 5 s)."""
+        self.popen.wait(5)
+        assert self.popen.stderr is not None
+        return self.popen.stderr.read()
+
+    def describe(self) -> str:
+        code = self.popen.poll()
+        return f"exit code {code}, stderr {self.stderr()!r}" if code is not None else "running"
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.popen.pid, sig)
+
+    def wait(self, timeout: float = 15) -> int:
+        return self.popen.wait(timeout)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(10)
+        self._reader.join(10)
+        for pipe in (self.popen.stdout, self.popen.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+@contextmanager
+def background(*args: str, endpoints: list[Proc]) -> Iterator[BackgroundEtcdctl]:
+    """``etcdctl <args>`` running in the background for the ``with`` block; killed after."""
+    bg = BackgroundEtcdctl(list(args), endpoints)
+    try:
+        yield bg
+    finally:
+        bg.kill()
 
 
 @contextmanager

@@ -13,11 +13,7 @@ check that none comes.
 from __future__ import annotations
 
 import asyncio
-import os
-import queue
 import signal
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,68 +27,10 @@ from cluster.proto.v3electionpb import v3election_pb2 as epb
 from cluster.proto.v3electionpb import v3election_pb2_grpc as epb_grpc
 from cluster.proto.v3lockpb import v3lock_pb2 as lockpb
 from cluster.proto.v3lockpb import v3lock_pb2_grpc as lock_grpc
+from tests.e2e.procs import BackgroundEtcdctl as Background
 from tests.e2e.procs import Cluster, Proc, needs_etcdctl
 
 pytestmark = needs_etcdctl
-
-
-class Background:
-    """A long-running etcdctl (v3 API); its stdout lines queue up as they come."""
-
-    def __init__(self, c: Cluster, *args: str, endpoint: Proc) -> None:
-        self.popen = subprocess.Popen(
-            ["etcdctl", "--endpoints", endpoint.endpoint, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "ETCDCTL_API": "3"},
-        )
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self._lines.put(line.rstrip("\n"))
-        self._lines.put(None)
-
-    def line(self, timeout: float = 15) -> str:
-        try:
-            got = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no output within {timeout}s: {self.describe()}") from None
-        if got is None:
-            raise AssertionError(f"etcdctl ended: {self.describe()}")
-        return got
-
-    def lines(self, n: int, timeout: float = 15) -> list[str]:
-        return [self.line(timeout) for _ in range(n)]
-
-    def quiet(self, seconds: float) -> bool:
-        """True if nothing is printed within ``seconds`` (and it is still running)."""
-        try:
-            got = self._lines.get(timeout=seconds)
-        except queue.Empty:
-            return self.popen.poll() is None
-        raise AssertionError(f"unexpected output {got!r}: {self.describe()}")
-
-    def describe(self) -> str:
-        code = self.popen.poll()
-        stderr = ""
-        if code is not None and self.popen.stderr is not None:
-            stderr = self.popen.stderr.read()
-        return f"exit code {code}, stderr {stderr!r}"
-
-    def signal(self, sig: int) -> None:
-        os.kill(self.popen.pid, sig)  # by its own PID
-
-    def wait(self, timeout: float = 15) -> int:
-        return self.popen.wait(timeout)
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(10)
 
 
 @pytest.fixture
@@ -105,7 +43,7 @@ def background(module_cluster: Cluster) -> Iterator[list[Background]]:
 
 
 def _start(started: list[Background], c: Cluster, *args: str, endpoint: Proc) -> Background:
-    bg = Background(c, *args, endpoint=endpoint)
+    bg = Background(list(args), [endpoint])
     started.append(bg)
     return bg
 

@@ -12,89 +12,25 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import queue
-import signal
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import grpc
 
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
-from tests.e2e.procs import Cluster, Proc, needs_etcdctl
+from tests.e2e.procs import BackgroundEtcdctl as Watch
+from tests.e2e.procs import Cluster, Proc, background, needs_etcdctl
 
 pytestmark = needs_etcdctl
 
 
-class Watch:
-    """A running ``etcdctl watch``; its stdout lines come through a queue."""
-
-    def __init__(self, c: Cluster, *args: str, endpoints: list[Proc]) -> None:
-        eps = ",".join(m.endpoint for m in endpoints)
-        self.popen = subprocess.Popen(
-            ["etcdctl", "--endpoints", eps, "watch", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "ETCDCTL_API": "3"},
-        )  # fmt: skip
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)  # end of output
-
-    def line(self, timeout: float = 10) -> str:
-        try:
-            got = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"etcdctl watch printed nothing for {timeout} s") from None
-        if got is None:
-            raise AssertionError(f"etcdctl watch exited: {self.stderr()}")
-        return got
-
-    def read(self, n: int, timeout: float = 10) -> list[str]:
-        """The next ``n`` lines, all within ``timeout``."""
-        deadline = time.monotonic() + timeout
-        return [self.line(max(0.01, deadline - time.monotonic())) for _ in range(n)]
-
-    def quiet(self, seconds: float = 0.5) -> None:
-        """Nothing is printed for ``seconds``."""
-        try:
-            got = self.lines.get(timeout=seconds)
-        except queue.Empty:
-            return
-        raise AssertionError(f"unexpected output {got!r}")
-
-    def stderr(self) -> str:
-        self.popen.wait(5)
-        assert self.popen.stderr is not None
-        return self.popen.stderr.read()
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            os.kill(self.popen.pid, signal.SIGKILL)
-        self.popen.wait(10)
-        self._reader.join(10)
-        for pipe in (self.popen.stdout, self.popen.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
-@contextmanager
-def watch(c: Cluster, *args: str, endpoints: list[Proc]) -> Iterator[Watch]:
-    w = Watch(c, *args, endpoints=endpoints)
-    try:
-        yield w
-    finally:
-        w.kill()
+def watch(c: Cluster, *args: str, endpoints: list[Proc]) -> AbstractContextManager[Watch]:
+    """``etcdctl watch <args>`` in the background, killed by its PID at the end."""
+    return background("watch", *args, endpoints=endpoints)
 
 
 def watching(c: Cluster, w: Watch, key: str, *, via: Proc) -> str:
@@ -106,7 +42,7 @@ def watching(c: Cluster, w: Watch, key: str, *, via: Proc) -> str:
         n += 1
         c.etcdctl("put", key, f"ready-{n}", endpoints=[via])
         try:
-            first = w.lines.get(timeout=0.3)
+            first = w.queue.get(timeout=0.3)
             break
         except queue.Empty:
             assert n < 50, "etcdctl watch never saw a sentinel"
@@ -148,7 +84,7 @@ def test_watch_key_sees_puts_and_deletes_made_through_other_members(
         c.etcdctl("put", "wk/key2", "not watched", endpoints=[m2])
         c.etcdctl("del", "wk/key", endpoints=[m1])
         c.etcdctl("put", "wk/key", "v3", endpoints=[m2])
-        assert w.read(12) == [
+        assert w.lines(12) == [
             "PUT", "wk/key", "v1",
             "PUT", "wk/key", "v2",
             "DELETE", "wk/key", "",
@@ -166,7 +102,7 @@ def test_watch_prefix(module_cluster: Cluster) -> None:
         c.etcdctl("put", "wq", "outside", endpoints=[m2])
         c.etcdctl("put", "wp/b/c", "2", endpoints=[m2])
         c.etcdctl("del", "--prefix", "wp/", endpoints=[m0])  # one revision, three deletes
-        assert w.read(15) == [
+        assert w.lines(15) == [
             "PUT", "wp/a", "1",
             "PUT", "wp/b/c", "2",
             "DELETE", "wp/a", "",
@@ -184,7 +120,7 @@ def test_watch_prev_kv(module_cluster: Cluster) -> None:
         c.etcdctl("put", "wv/key", "new", endpoints=[m0])
         c.etcdctl("del", "wv/key", endpoints=[m1])
         c.etcdctl("put", "wv/key", "again", endpoints=[m1])  # a creation: no previous value
-        assert w.read(13) == [
+        assert w.lines(13) == [
             "PUT", "wv/key", last, "wv/key", "new",
             "DELETE", "wv/key", "new", "wv/key", "",
             "PUT", "wv/key", "again",
