@@ -27,6 +27,20 @@ async def serve(cfg: MemberConfig) -> int:
 
     member = Member(cfg)
     await member.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # Until a signal, or until this member applies its own removal (as etcd, it exits).
+    ending = [
+        loop.create_task(stop.wait()),
+        loop.create_task(member.removed.wait()),
+        loop.create_task(member.failed.wait()),
+    ]
+    # As etcd: serve clients once the cluster has this member's name and client URLs.
+    published = loop.create_task(member.published.wait())
+    await asyncio.wait([published, *ending], return_when=asyncio.FIRST_COMPLETED)
+    published.cancel()
     server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
     closers = add_services(server, member)
     for url in cfg.listen_client_urls:
@@ -35,22 +49,13 @@ async def serve(cfg: MemberConfig) -> int:
         server.add_insecure_port(f"{url.host}:{url.port}")
     await server.start()
     log.info(
-        "member %x (%s) of cluster %x serving clients on %s",
+        "member %x (%s) of cluster %x ready, serving clients on %s",
         member.id,
         cfg.name,
         member.cluster_id,
         ",".join(map(str, cfg.listen_client_urls)),
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    # Until a signal, or until this member applies its own removal (as etcd, it exits).
-    waits = [
-        loop.create_task(stop.wait()),
-        loop.create_task(member.removed.wait()),
-        loop.create_task(member.failed.wait()),
-    ]
+    waits = ending
     _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()

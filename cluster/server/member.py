@@ -112,6 +112,9 @@ class Member:
         self.conf = ConfState()
         # Set once this member applies its own removal: it must stop serving (cli.serve).
         self.removed = asyncio.Event()
+        # Set once the cluster knows this member's name and client URLs (etcd's ReadyNotify):
+        # only then does it serve clients, so a member list never shows it without them.
+        self.published = asyncio.Event()
         self.compactor = AutoCompactor(cfg.auto_compaction_mode, cfg.auto_compaction_retention)
 
     # -- lifecycle ------------------------------------------------------------
@@ -739,9 +742,11 @@ class Member:
             if raw is not None:
                 stored = pb.Member.FromString(raw)
                 if (stored.name, stored.clientURLs) == (attrs.name, attrs.clientURLs):
+                    self.published.set()
                     return
             try:
                 await self.write(attrs)
+                self.published.set()
                 return
             except RequestError:
                 await asyncio.sleep(self.cfg.election_timeout_ms / 1000)
