@@ -3,7 +3,7 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 STAMP = $(VENV)/.installed
 
-.PHONY: install test lint proto run soak bench clean distclean
+.PHONY: install test lint proto run soak bench certs clean distclean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ run: $(STAMP)
 
 soak: $(STAMP)
 	RAFT_SIM_SEEDS=100000 $(PY) -m pytest -m soak -n 2 -q
+
+# Throwaway CA, member and client certificates in var/certs (for TLS flags; never production).
+certs: $(STAMP)
+	$(PY) scripts/make_certs.py var/certs
 
 bench: $(STAMP)
 	$(PY) -m cluster.bench raft

@@ -24,6 +24,7 @@ async def serve(cfg: MemberConfig) -> int:
     from cluster.server.kv import grpc_server_options
     from cluster.server.member import Member
     from cluster.server.services import add_services
+    from cluster.tls import grpc_server_credentials
 
     member = Member(cfg)
     await member.start()
@@ -44,9 +45,12 @@ async def serve(cfg: MemberConfig) -> int:
     server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
     closers = add_services(server, member)
     for url in cfg.listen_client_urls:
-        if url.scheme != "http":
-            raise ConfigError(f"--listen-client-urls: {url}: TLS is not supported yet")
-        server.add_insecure_port(f"{url.host}:{url.port}")
+        address = f"{url.host}:{url.port}"
+        if url.scheme == "https":
+            assert cfg.client_tls is not None  # config.load checks https has its files
+            server.add_secure_port(address, grpc_server_credentials(cfg.client_tls))
+        else:
+            server.add_insecure_port(address)
     await server.start()
     log.info(
         "member %x (%s) of cluster %x ready, serving clients on %s",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,17 @@ class URL:
 
 
 @dataclass(frozen=True)
+class TLSFiles:
+    """A TLS server's certificate and key, the CA its clients must be signed by, and
+    whether a client certificate is required (etcd's ``--client-cert-auth``)."""
+
+    cert_file: str
+    key_file: str
+    trusted_ca_file: str = ""
+    client_cert_auth: bool = False
+
+
+@dataclass(frozen=True)
 class MemberConfig:
     name: str
     data_dir: str
@@ -55,6 +67,8 @@ class MemberConfig:
     auto_compaction_retention: str
     snapshot_catchup_entries: int = 5000
     strict_reconfig_check: bool = True
+    client_tls: TLSFiles | None = None  # https client URLs
+    peer_tls: TLSFiles | None = None  # https peer URLs
 
     @property
     def member_id(self) -> int:
@@ -152,6 +166,7 @@ class _Flag:
     help: str
     choices: tuple[str, ...] | None = None
     integer: bool = False
+    boolean: bool = False  # given alone (``--client-cert-auth``) it means true, as etcd's
 
     @property
     def env(self) -> str:
@@ -234,6 +249,26 @@ FLAGS: tuple[_Flag, ...] = (
         "reject reconfiguration requests that would cause quorum loss",
         choices=("true", "false"),
     ),
+    _Flag("cert-file", "", "path to the client server TLS cert file"),
+    _Flag("key-file", "", "path to the client server TLS key file"),
+    _Flag("trusted-ca-file", "", "path to the client server TLS trusted CA cert file"),
+    _Flag(
+        "client-cert-auth",
+        "false",
+        "accept only clients with a certificate signed by --trusted-ca-file",
+        choices=("true", "false"),
+        boolean=True,
+    ),
+    _Flag("peer-cert-file", "", "path to the peer server TLS cert file"),
+    _Flag("peer-key-file", "", "path to the peer server TLS key file"),
+    _Flag("peer-trusted-ca-file", "", "path to the peer server TLS trusted CA file"),
+    _Flag(
+        "peer-client-cert-auth",
+        "false",
+        "accept only peers with a certificate signed by --peer-trusted-ca-file",
+        choices=("true", "false"),
+        boolean=True,
+    ),
     _Flag(
         "auto-compaction-retention",
         "0",
@@ -253,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs: dict[str, object] = {"default": None, "help": f"{flag.help} [{flag.env}]"}
         if flag.choices:
             kwargs["choices"] = flag.choices
+        if flag.boolean:
+            kwargs["nargs"] = "?"
+            kwargs["const"] = "true"
         parser.add_argument(f"--{flag.name}", metavar=flag.name.upper().replace("-", "_"), **kwargs)  # type: ignore[arg-type]
     return parser
 
@@ -316,12 +354,14 @@ def _build(raw: dict[str, str]) -> MemberConfig:
         raise ConfigError("--max-request-bytes must be greater than 0")
     if num("snapshot-count") <= 0:
         raise ConfigError("--snapshot-count must be greater than 0")
+    client_urls = parse_urls(raw["listen-client-urls"], "listen-client-urls")
+    peer_urls = parse_urls(raw["listen-peer-urls"], "listen-peer-urls")
     return MemberConfig(
         name=name,
         data_dir=raw["data-dir"] or f"{name}.etcd",
-        listen_client_urls=parse_urls(raw["listen-client-urls"], "listen-client-urls"),
+        listen_client_urls=client_urls,
         advertise_client_urls=parse_urls(raw["advertise-client-urls"], "advertise-client-urls"),
-        listen_peer_urls=parse_urls(raw["listen-peer-urls"], "listen-peer-urls"),
+        listen_peer_urls=peer_urls,
         initial_advertise_peer_urls=advertise_peer,
         initial_cluster=initial_cluster,
         initial_cluster_state=raw["initial-cluster-state"],
@@ -338,4 +378,39 @@ def _build(raw: dict[str, str]) -> MemberConfig:
         auto_compaction_retention=raw["auto-compaction-retention"],
         snapshot_catchup_entries=num("experimental-snapshot-catchup-entries"),
         strict_reconfig_check=raw["strict-reconfig-check"] == "true",
+        client_tls=_tls(raw, "", client_urls),
+        peer_tls=_tls(raw, "peer-", peer_urls),
     )
+
+
+def _tls(raw: dict[str, str], prefix: str, urls: tuple[URL, ...]) -> TLSFiles | None:
+    """The TLS files for the client (``prefix`` "") or peer ("peer-") side, checked."""
+    cert, key, ca = (
+        raw[f"{prefix}cert-file"],
+        raw[f"{prefix}key-file"],
+        raw[f"{prefix}trusted-ca-file"],
+    )
+    cert_auth = raw[f"{prefix}client-cert-auth"] == "true"
+    side = "peer" if prefix else "client"
+    https = [u for u in urls if u.scheme == "https"]
+    if not https:
+        if cert or key:
+            raise ConfigError(
+                f"--{prefix}cert-file is set but no {side} URL is https: use https:// URLs"
+            )
+        return None
+    if not cert or not key:
+        raise ConfigError(
+            f"{side} URL {https[0]} is https but --{prefix}cert-file and --{prefix}key-file "
+            "are not both set"
+        )
+    if cert_auth and not ca:
+        raise ConfigError(f"--{prefix}client-cert-auth needs --{prefix}trusted-ca-file")
+    for flag, path in (
+        (f"{prefix}cert-file", cert),
+        (f"{prefix}key-file", key),
+        (f"{prefix}trusted-ca-file", ca),
+    ):
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"--{flag}: {path}: no such file")
+    return TLSFiles(cert, key, ca, cert_auth)

@@ -24,9 +24,10 @@ from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 
-from cluster.config import ConfigError, parse_url
+from cluster.config import ConfigError, MemberConfig, parse_url
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from cluster.tls import grpc_channel_credentials
 
 from . import kvconv
 from .kvconv import RequestError
@@ -65,6 +66,9 @@ class ForwardMember(Protocol):
 
     @property
     def request_timeout(self) -> float: ...
+
+    @property
+    def cfg(self) -> MemberConfig: ...
 
     def members(self) -> list[pb.Member]: ...
 
@@ -205,13 +209,20 @@ class LeaderForwarder:
         if lead == 0:
             return None
         target = None
+        secure = False
         for m in member.members():
             if lead == m.ID:
-                target = next(filter(None, map(grpc_target, m.clientURLs)), None)
+                url = next((u for u in m.clientURLs if grpc_target(u)), None)
+                if url is not None:
+                    target, secure = grpc_target(url), url.startswith("https:")
                 break
         if target is None:
             return None
-        channel = grpc.aio.insecure_channel(target)
+        tls = member.cfg.client_tls
+        if secure and tls is not None:
+            channel = grpc.aio.secure_channel(target, grpc_channel_credentials(tls))
+        else:
+            channel = grpc.aio.insecure_channel(target)
         stub = cast("pb_grpc.LeaseAsyncStub", pb_grpc.LeaseStub(channel))
         self._link = _Link(lead, target, channel, stub)
         log.debug("forwarding lease requests to leader %x at %s", lead, target)

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from cluster.config import URL, ConfigError, MemberConfig, parse_url
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.storage.codec import CodecError
+from cluster.tls import peer_client_context
 
 from .transport import PeerProtocolError, query_members
 
@@ -48,8 +49,9 @@ async def discover(cfg: MemberConfig, timeout: float = 2.0) -> ExistingCluster:
         if _url_set(urls) == own:
             continue
         for url in urls:
+            tls = peer_client_context(cfg.peer_tls) if cfg.peer_tls else None
             try:
-                payload = await query_members(url.host, url.port, timeout)
+                payload = await query_members(url.host, url.port, timeout, tls)
                 resp = pb.MemberListResponse.FromString(payload)
             except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 problems.append(f"{name} at {url}: {exc or type(exc).__name__}")

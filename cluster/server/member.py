@@ -42,6 +42,7 @@ from cluster.raft import (
 )
 from cluster.storage.backend import Backend, BackendQuotaError, install_snapshot
 from cluster.storage.durable import Retention, has_raft_log, open_raft_log
+from cluster.tls import peer_client_context, peer_server_context
 from cluster.watch import WatchHub
 
 from . import kvconv
@@ -176,6 +177,8 @@ class Member:
             on_unreachable=self.node.report_unreachable,
             on_snapshot_status=self.node.report_snapshot,
             describe=lambda: describe_members(self.cluster_id, self.members()),
+            server_ssl=peer_server_context(cfg.peer_tls) if cfg.peer_tls else None,
+            client_ssl=peer_client_context(cfg.peer_tls) if cfg.peer_tls else None,
         )
         peer_url = cfg.listen_peer_urls[0]
         await self.transport.listen(peer_url.host, peer_url.port)

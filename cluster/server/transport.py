@@ -21,6 +21,7 @@ import contextlib
 import enum
 import hashlib
 import logging
+import ssl
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -77,10 +78,14 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[FrameKind, bytes]:
     return frame_kind, await reader.readexactly(length)
 
 
-async def query_members(host: str, port: int, timeout: float = 2.0) -> bytes:
+async def query_members(
+    host: str, port: int, timeout: float = 2.0, ssl_context: ssl.SSLContext | None = None
+) -> bytes:
     """Ask the member listening for peers at ``host:port`` for its MEMBERS answer."""
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=ssl_context, server_hostname=host if ssl_context else None
+        )
         try:
             writer.write(frame(FrameKind.MEMBERS_QUERY, b""))
             await writer.drain()
@@ -117,6 +122,8 @@ class PeerTransport:
         on_snapshot_status: Callable[[int, bool], None] = _noop_snapshot_status,
         describe: Callable[[], bytes] = _no_members,
         options: TransportOptions | None = None,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
     ) -> None:
         self.member_id = member_id
         self.cluster_id = cluster_id
@@ -124,6 +131,8 @@ class PeerTransport:
         self.on_unreachable = on_unreachable
         self.on_snapshot_status = on_snapshot_status
         self.describe = describe
+        self.server_ssl = server_ssl  # TLS for peers dialing in (https peer URLs)
+        self.client_ssl = client_ssl  # TLS when dialing peers
         self.options = options or TransportOptions()
         self._peers: dict[int, _Peer] = {}
         self._server: asyncio.Server | None = None
@@ -132,7 +141,7 @@ class PeerTransport:
     # -- lifecycle ------------------------------------------------------------
     async def listen(self, host: str, port: int) -> int:
         """Accept peer connections on ``host:port``; returns the bound port."""
-        self._server = await asyncio.start_server(self._accept, host, port)
+        self._server = await asyncio.start_server(self._accept, host, port, ssl=self.server_ssl)
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
@@ -296,7 +305,13 @@ class _Peer:
             try:
                 # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel.
                 async with asyncio.timeout(options.connect_timeout):
-                    reader, stream = await asyncio.open_connection(self.host, self.port)
+                    tls = self.transport.client_ssl
+                    reader, stream = await asyncio.open_connection(
+                        self.host,
+                        self.port,
+                        ssl=tls,
+                        server_hostname=self.host if tls else None,
+                    )
                 writer = stream
                 t = self.transport
                 hello = _HELLO.pack(t.cluster_id, t.member_id, self.id)
@@ -306,7 +321,7 @@ class _Peer:
                 self.active_since = asyncio.get_running_loop().time()
                 delay = options.backoff_min
                 await self._pump_until_closed(reader, stream)
-            except (TimeoutError, OSError, ConnectionError) as exc:
+            except (TimeoutError, OSError, ConnectionError) as exc:  # ssl.SSLError is an OSError
                 log.debug("peer %x at %s:%d: %s", self.id, self.host, self.port, exc)
             finally:
                 self.connected = False

@@ -191,16 +191,19 @@ class Cluster:
         assert len({h["HashKV"]["hash"] for h in hashes}) == 1, hashes
         return revision
 
-    def statuses(self, members: list[Proc]) -> list[dict[str, object]]:
+    def statuses(
+        self, members: list[Proc], extra: tuple[str, ...] | list[str] = ()
+    ) -> list[dict[str, object]]:
         out: list[dict[str, object]] = json.loads(
-            self.etcdctl("endpoint", "status", "-w", "json", endpoints=members)
+            self.etcdctl(*extra, "endpoint", "status", "-w", "json", endpoints=members)
         )
         return out
 
-    def leader(self, members: list[Proc]) -> Proc:
+    def leader(self, members: list[Proc], extra: tuple[str, ...] | list[str] = ()) -> Proc:
+        """The member that leads, once all of ``members`` agree (``extra``: etcdctl flags)."""
         for _ in range(100):
             try:
-                for m, s in zip(members, self.statuses(members), strict=True):
+                for m, s in zip(members, self.statuses(members, extra), strict=True):
                     st = s["Status"]
                     assert isinstance(st, dict)
                     if st.get("leader") and st.get("leader") == st["header"]["member_id"]:
