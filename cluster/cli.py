@@ -23,7 +23,7 @@ async def serve(cfg: MemberConfig) -> int:
     """Run one member; the process's exit status (0: stopped cleanly)."""
     from cluster.server.kv import grpc_server_options
     from cluster.server.member import Member
-    from cluster.server.services import add_services
+    from cluster.server.services import add_services, interceptors
     from cluster.tls import grpc_server_credentials
 
     member = Member(cfg)
@@ -42,7 +42,9 @@ async def serve(cfg: MemberConfig) -> int:
     published = loop.create_task(member.published.wait())
     await asyncio.wait([published, *ending], return_when=asyncio.FIRST_COMPLETED)
     published.cancel()
-    server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
+    server = grpc.aio.server(
+        options=grpc_server_options(cfg.max_request_bytes), interceptors=interceptors(member)
+    )
     closers = add_services(server, member)
     for url in cfg.listen_client_urls:
         address = f"{url.host}:{url.port}"

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import grpc
 
+from cluster.auth import AuthStore
 from cluster.lease import (
     LeaseError,
     Lessor,
@@ -26,7 +27,9 @@ from cluster.watch import WatchHub
 
 from . import kvconv
 from .alarms import Alarms
+from .authz import apply_auth
 from .kvconv import RequestError
+from .requests import AuthRequest
 
 LeaseRequest = pb.LeaseGrantRequest | pb.LeaseRevokeRequest | pb.LeaseCheckpointRequest
 Applied = (
@@ -65,6 +68,7 @@ class Applier:
         self.kv = KVStore(backend, lease_exists=self.lessor.exists, max_txn_ops=max_txn_ops)
         self._attach_leased_keys()
         self.alarms = Alarms(backend)
+        self.auth = AuthStore(backend)
         self.hub = WatchHub(self.kv, on_unsynced=on_unsynced)
 
     def reset(self, backend: Backend) -> None:
@@ -78,6 +82,7 @@ class Applier:
         self.kv = KVStore(backend, lease_exists=self.lessor.exists, max_txn_ops=self._max_txn_ops)
         self._attach_leased_keys()
         self.alarms = Alarms(backend)
+        self.auth = AuthStore(backend)
         self.hub.restore(self.kv)
 
     def _attach_leased_keys(self) -> None:
@@ -85,10 +90,13 @@ class Applier:
         self.lessor.recover_attachments((kv.key, kv.lease) for kv in result.kvs if kv.lease)
 
     # -- applying ---------------------------------------------------------------------------
-    def apply(self, request: object, now: float) -> Applied:
-        """The response to ``request``; ``RequestError`` for one refused (nothing changed)."""
+    def apply(self, request: object, now: float, index: int = 0) -> Applied:
+        """The response to ``request`` (the entry at raft ``index``); ``RequestError`` for one
+        refused (nothing changed)."""
         if isinstance(request, pb.AlarmRequest):
             raise TypeError("alarms are applied by the member (they need the membership)")
+        if isinstance(request, AuthRequest):
+            return apply_auth(self.auth, request, index, now)  # type: ignore[no-any-return]
         if self.alarms.refuses(request):
             raise RequestError(*kvconv.ERR_NO_SPACE)
         if isinstance(request, pb.LeaseGrantRequest):

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from cluster.proto.v3electionpb import v3election_pb2 as epb
 from cluster.proto.v3electionpb import v3election_pb2_grpc as election_grpc
 
+from .authz import Authorizer
 from .concurrency import ERR_MISSING_LEADER_KEY, ConcurrencyMember, Election, LeaderKey
 from .kvconv import RequestError
 
@@ -41,11 +42,18 @@ async def _abort(context: Any, err: RequestError) -> NoReturn:
 class ElectionServicer(election_grpc.ElectionServicer):
     """etcd's v3election.Election service over a member."""
 
-    def __init__(self, member: ConcurrencyMember) -> None:
+    def __init__(self, member: ConcurrencyMember, authz: Authorizer | None = None) -> None:
         self._election = Election(member)
+        self._authz = authz
+
+    async def _check(self, context: Any, name: bytes) -> None:
+        """Read and write on the election's prefix (``name/``) for the caller."""
+        if self._authz is not None:
+            self._authz.prefix(await self._authz.info(context), name + b"/")
 
     async def Campaign(self, request: epb.CampaignRequest, context: Any) -> epb.CampaignResponse:
         try:
+            await self._check(context, request.name)
             header, lk = await self._election.campaign(request.name, request.lease, request.value)
         except RequestError as err:
             await _abort(context, err)
@@ -56,6 +64,7 @@ class ElectionServicer(election_grpc.ElectionServicer):
 
     async def Proclaim(self, request: epb.ProclaimRequest, context: Any) -> epb.ProclaimResponse:
         try:
+            await self._check(context, request.leader.name)
             header = await self._election.proclaim(_leader_key(request), request.value)
         except RequestError as err:
             await _abort(context, err)
@@ -63,6 +72,7 @@ class ElectionServicer(election_grpc.ElectionServicer):
 
     async def Resign(self, request: epb.ResignRequest, context: Any) -> epb.ResignResponse:
         try:
+            await self._check(context, request.leader.name)
             header = await self._election.resign(_leader_key(request))
         except RequestError as err:
             await _abort(context, err)
@@ -70,6 +80,7 @@ class ElectionServicer(election_grpc.ElectionServicer):
 
     async def Leader(self, request: epb.LeaderRequest, context: Any) -> epb.LeaderResponse:
         try:
+            await self._check(context, request.name)
             header, kv = await self._election.leader(request.name)
         except RequestError as err:
             await _abort(context, err)
@@ -78,6 +89,10 @@ class ElectionServicer(election_grpc.ElectionServicer):
     async def Observe(
         self, request: epb.LeaderRequest, context: Any
     ) -> AsyncIterator[epb.LeaderResponse]:
+        try:
+            await self._check(context, request.name)
+        except RequestError as err:
+            await _abort(context, err)
         observed = self._election.observe(request.name)
         try:
             async for header, kv in observed:

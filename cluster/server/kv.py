@@ -23,6 +23,7 @@ from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 
 from . import kvconv
+from .authz import Authorizer
 from .kvconv import RequestError, WriteRequest
 
 __all__ = ["GRPC_OVERHEAD_BYTES", "KVMember", "KVServicer", "grpc_server_options"]
@@ -76,14 +77,20 @@ def _expect(kind: type[_R], resp: object) -> _R:
 class KVServicer(pb_grpc.KVServicer):
     """etcd's KV service over a ``KVMember``."""
 
-    def __init__(self, member: KVMember) -> None:
+    def __init__(self, member: KVMember, authz: Authorizer | None = None) -> None:
         self._member = member
+        self._authz = authz  # None: no authentication (tests of the service alone)
+
+    async def _authorize(self, request: object, context: Any) -> None:
+        if self._authz is not None:
+            self._authz.request(await self._authz.info(context), request)
 
     async def _write(self, request: WriteRequest, kind: type[_R], context: Any) -> _R:
         member = self._member
         try:
             kvconv.validate(request, member.max_txn_ops)
             kvconv.check_size(request, member.max_request_bytes)
+            await self._authorize(request, context)
             return _expect(kind, await member.write(request))
         except RequestError as err:
             await _abort(context, err)
@@ -94,6 +101,7 @@ class KVServicer(pb_grpc.KVServicer):
         member = self._member
         try:
             kvconv.validate_range(request, member.max_txn_ops)
+            await self._authorize(request, context)
             return _expect(pb.RangeResponse, await member.read(request))
         except RequestError as err:
             await _abort(context, err)

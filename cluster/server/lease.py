@@ -111,8 +111,12 @@ class LeaseServicer(pb_grpc.LeaseServicer):
     async def LeaseRevoke(
         self, request: pb.LeaseRevokeRequest, context: Any
     ) -> pb.LeaseRevokeResponse:
+        member = self._member
         try:
-            resp = await self._member.write(pb.LeaseRevokeRequest(ID=request.ID))
+            lease = member.lessor.lookup(request.ID)
+            if lease is not None:  # revoking deletes the keys: the caller must be able to
+                member.authz.keys_writable(await member.authz.info(context), lease.keys)
+            resp = await member.write(pb.LeaseRevokeRequest(ID=request.ID))
         except RequestError as err:
             await _abort(context, err)
         assert isinstance(resp, pb.LeaseRevokeResponse), type(resp)
@@ -122,7 +126,11 @@ class LeaseServicer(pb_grpc.LeaseServicer):
         self, request: pb.LeaseTimeToLiveRequest, context: Any
     ) -> pb.LeaseTimeToLiveResponse:
         try:
-            return await self.time_to_live(request, forwarded=_forwarded(context))
+            resp = await self.time_to_live(request, forwarded=_forwarded(context))
+            # the attached keys' names are data: reveal them only to who may read them all
+            authz = self._member.authz
+            authz.keys_readable(await authz.info(context), resp.keys)
+            return resp
         except RequestError as err:
             await _abort(context, err)
 

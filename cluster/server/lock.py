@@ -16,6 +16,7 @@ from cluster.proto.v3lockpb import v3lock_pb2 as lockpb
 from cluster.proto.v3lockpb import v3lock_pb2_grpc as lock_grpc
 
 from . import concurrency
+from .authz import Authorizer
 from .concurrency import ConcurrencyMember
 from .kvconv import RequestError
 
@@ -30,11 +31,18 @@ async def _abort(context: Any, err: RequestError) -> NoReturn:
 class LockServicer(lock_grpc.LockServicer):
     """etcd's v3lock.Lock service over a member."""
 
-    def __init__(self, member: ConcurrencyMember) -> None:
+    def __init__(self, member: ConcurrencyMember, authz: Authorizer | None = None) -> None:
         self._member = member
+        self._authz = authz
+
+    async def _check(self, context: Any, prefix: bytes) -> None:
+        """Read and write on every key under ``prefix`` for the caller."""
+        if self._authz is not None:
+            self._authz.prefix(await self._authz.info(context), prefix)
 
     async def Lock(self, request: lockpb.LockRequest, context: Any) -> lockpb.LockResponse:
         try:
+            await self._check(context, request.name + b"/")
             held = await concurrency.lock(self._member, request.name, request.lease)
         except RequestError as err:
             await _abort(context, err)
@@ -42,6 +50,7 @@ class LockServicer(lock_grpc.LockServicer):
 
     async def Unlock(self, request: lockpb.UnlockRequest, context: Any) -> lockpb.UnlockResponse:
         try:
+            await self._check(context, request.key)
             header = await concurrency.unlock(self._member, request.key)
         except RequestError as err:
             await _abort(context, err)

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from google.protobuf.message import DecodeError
 
+from cluster.auth import AuthStore
 from cluster.config import URL, ConfigError, MemberConfig, compute_member_id, parse_url
 from cluster.lease import EXPIRY_CHECK_INTERVAL, Lessor
 from cluster.mvcc.store import KVStore
@@ -48,6 +49,7 @@ from cluster.watch import WatchHub
 from . import kvconv
 from .alarms import Alarms, hard_limit, quota_cost
 from .apply import Applied, Applier
+from .authz import Authorizer
 from .compactor import AutoCompactor
 from .join import ExistingCluster, describe_members, discover
 from .kvconv import RequestError
@@ -106,6 +108,8 @@ class Member:
         self._lead = 0  # the leader this member last knew of (0: none)
         self._next_lease_check = 0.0
         self._next_progress = 0.0
+        self._next_token_purge = 0.0
+        self.authz = Authorizer(self)
         # Set (with its reason) when this member cannot go on: cli.serve exits non-zero.
         self.failed = asyncio.Event()
         self.failure = ""
@@ -258,6 +262,18 @@ class Member:
     @property
     def hub(self) -> WatchHub:
         return self.applier.hub
+
+    @property
+    def auth(self) -> AuthStore:
+        return self.applier.auth
+
+    @property
+    def applied_index(self) -> int:
+        return self.node.log.applied
+
+    async def wait_applied(self, index: int) -> None:
+        """Until this member has applied raft ``index`` (within the request timeout)."""
+        await self._wait_applied(index)
 
     @property
     def leader(self) -> int:
@@ -416,6 +432,9 @@ class Member:
                 return
             self._auto_compact(now)
             self._lease_duties(now)
+            if now >= self._next_token_purge:
+                self._next_token_purge = now + 1.0
+                self.auth.purge_expired_tokens(now)
             self._watch_duties(now)
             self._wake.set()
 
@@ -578,7 +597,7 @@ class Member:
                     response = self._apply_alarm(proposed.request)
                 else:
                     now = asyncio.get_running_loop().time()
-                    response = self.applier.apply(proposed.request, now)
+                    response = self.applier.apply(proposed.request, now, entry.index)
             except RequestError as exc:
                 response = exc  # deterministic: every member refuses it the same way
             fut = self._waiting.get(proposed.request_id) if proposed.origin == self.id else None

@@ -14,6 +14,23 @@ _HEADER = struct.Struct(">QQB")  # origin member id, request id, kind
 WriteRequest = pb.PutRequest | pb.DeleteRangeRequest | pb.TxnRequest | pb.CompactionRequest
 # A member publishing its name and client URLs to the cluster (etcd's "publish"), and
 # MemberUpdate's new peer URLs for a member.
+# Auth changes (cluster/server/authz.py). An AuthenticateRequest entry carries the token
+# prefix its proposer drew in ``password`` (the password itself never enters the log), and
+# user passwords travel only as ``hashedPassword``.
+AuthRequest = (
+    pb.AuthEnableRequest
+    | pb.AuthDisableRequest
+    | pb.AuthenticateRequest
+    | pb.AuthUserAddRequest
+    | pb.AuthUserDeleteRequest
+    | pb.AuthUserChangePasswordRequest
+    | pb.AuthUserGrantRoleRequest
+    | pb.AuthUserRevokeRoleRequest
+    | pb.AuthRoleAddRequest
+    | pb.AuthRoleDeleteRequest
+    | pb.AuthRoleGrantPermissionRequest
+    | pb.AuthRoleRevokePermissionRequest
+)
 # An alarm raised or cleared (etcd's AlarmRequest: NOSPACE, CORRUPT).
 InternalRequest = (
     WriteRequest
@@ -23,6 +40,7 @@ InternalRequest = (
     | pb.LeaseGrantRequest
     | pb.LeaseRevokeRequest
     | pb.LeaseCheckpointRequest
+    | AuthRequest
 )
 
 
@@ -37,6 +55,18 @@ class RequestKind(enum.IntEnum):
     LEASE_GRANT = 8
     LEASE_REVOKE = 9
     LEASE_CHECKPOINT = 10
+    AUTH_ENABLE = 11
+    AUTH_DISABLE = 12
+    AUTHENTICATE = 13
+    AUTH_USER_ADD = 14
+    AUTH_USER_DELETE = 15
+    AUTH_USER_CHANGE_PASSWORD = 16
+    AUTH_USER_GRANT_ROLE = 17
+    AUTH_USER_REVOKE_ROLE = 18
+    AUTH_ROLE_ADD = 19
+    AUTH_ROLE_DELETE = 20
+    AUTH_ROLE_GRANT_PERMISSION = 21
+    AUTH_ROLE_REVOKE_PERMISSION = 22
 
 
 _KIND_OF: dict[type, RequestKind] = {
@@ -50,6 +80,18 @@ _KIND_OF: dict[type, RequestKind] = {
     pb.LeaseGrantRequest: RequestKind.LEASE_GRANT,
     pb.LeaseRevokeRequest: RequestKind.LEASE_REVOKE,
     pb.LeaseCheckpointRequest: RequestKind.LEASE_CHECKPOINT,
+    pb.AuthEnableRequest: RequestKind.AUTH_ENABLE,
+    pb.AuthDisableRequest: RequestKind.AUTH_DISABLE,
+    pb.AuthenticateRequest: RequestKind.AUTHENTICATE,
+    pb.AuthUserAddRequest: RequestKind.AUTH_USER_ADD,
+    pb.AuthUserDeleteRequest: RequestKind.AUTH_USER_DELETE,
+    pb.AuthUserChangePasswordRequest: RequestKind.AUTH_USER_CHANGE_PASSWORD,
+    pb.AuthUserGrantRoleRequest: RequestKind.AUTH_USER_GRANT_ROLE,
+    pb.AuthUserRevokeRoleRequest: RequestKind.AUTH_USER_REVOKE_ROLE,
+    pb.AuthRoleAddRequest: RequestKind.AUTH_ROLE_ADD,
+    pb.AuthRoleDeleteRequest: RequestKind.AUTH_ROLE_DELETE,
+    pb.AuthRoleGrantPermissionRequest: RequestKind.AUTH_ROLE_GRANT_PERMISSION,
+    pb.AuthRoleRevokePermissionRequest: RequestKind.AUTH_ROLE_REVOKE_PERMISSION,
 }
 _TYPE_OF = {kind: cls for cls, kind in _KIND_OF.items()}
 

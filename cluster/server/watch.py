@@ -33,6 +33,7 @@ from typing import Final, NoReturn, Protocol
 
 import grpc
 
+from cluster.auth import AuthInfo
 from cluster.config import MemberConfig
 from cluster.mvcc.kv import KeyValue
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
@@ -40,7 +41,8 @@ from cluster.proto.etcdserverpb import rpc_pb2_grpc
 from cluster.proto.mvccpb import kv_pb2
 from cluster.watch import INVALID_WATCH_ID, Event, WatchHub, WatchResponse, WatchStream
 
-from .kvconv import ERR_NO_LEADER
+from .authz import Authorizer
+from .kvconv import ERR_NO_LEADER, RequestError
 
 __all__ = ["WatchMember", "WatchServicer", "to_pb"]
 
@@ -73,6 +75,9 @@ class WatchMember(Protocol):
 
     @property
     def cfg(self) -> MemberConfig: ...
+
+    @property
+    def authz(self) -> Authorizer: ...
 
     def fill_header(self, header: pb.ResponseHeader) -> None: ...
 
@@ -119,9 +124,12 @@ class _Gone(Exception):
 class _Call:
     """One Watch call: its hub stream, reader task and sender loop."""
 
-    def __init__(self, member: WatchMember, context: grpc.aio.ServicerContext) -> None:
+    def __init__(
+        self, member: WatchMember, context: grpc.aio.ServicerContext, info: AuthInfo | None
+    ) -> None:
         self.member = member
         self.context = context
+        self.info = info  # who opened the stream (auth enabled), checked on every create
         self.wake = asyncio.Event()
         self.stream: WatchStream = member.hub.new_stream(self.wake.set)
         # Answers made here rather than by the hub (a create that failed unexpectedly).
@@ -146,6 +154,11 @@ class _Call:
                     self.refuse(str(exc) or type(exc).__name__)
 
     def create(self, c: pb.WatchCreateRequest) -> None:
+        try:  # the whole watched range must be readable
+            self.member.authz.range(self.info, c.key or b"\0", c.range_end)
+        except RequestError as err:
+            self.refuse(err.message)
+            return
         filters = set(c.filters)
         self.stream.watch(
             c.key,
@@ -234,7 +247,11 @@ class WatchServicer(rpc_pb2_grpc.WatchServicer):
         require_leader = REQUIRE_LEADER in (tuple(m) for m in context.invocation_metadata() or ())
         if require_leader and not member.leader:
             await _abort_no_leader(context)
-        call = _Call(member, context)
+        try:
+            info = await member.authz.info(context)
+        except RequestError as err:
+            await context.abort(err.code, err.message)
+        call = _Call(member, context, info)
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(call.read(request_iterator))]
         tasks[0].add_done_callback(call.reader_done)
