@@ -34,6 +34,7 @@ from cluster.auth import (
     AuthError,
     AuthInfo,
     AuthStore,
+    InvalidAuthTokenError,
     PermissionDeniedError,
     PermissionNotGivenError,
     decode_hashed_password,
@@ -117,6 +118,9 @@ class AuthMember(Protocol):
     @property
     def applied_index(self) -> int: ...
 
+    @property
+    def committed_index(self) -> int: ...
+
     async def wait_applied(self, index: int) -> None: ...
 
 
@@ -137,7 +141,9 @@ class Authorizer:
             if token:
                 index = token_index(token)
                 if index is not None and index > self._member.applied_index:
-                    # the token was issued by an entry this member has not applied yet
+                    if index > self._member.committed_index:  # no such entry: forged
+                        raise InvalidAuthTokenError()
+                    # issued by an entry committed but not applied here yet (etcd waits too)
                     await self._member.wait_applied(index)
                 return store.auth_info(token, now)
         except AuthError as exc:

@@ -271,6 +271,10 @@ class Member:
     def applied_index(self) -> int:
         return self.node.log.applied
 
+    @property
+    def committed_index(self) -> int:
+        return self.node.log.committed
+
     async def wait_applied(self, index: int) -> None:
         """Until this member has applied raft ``index`` (within the request timeout)."""
         await self._wait_applied(index)
