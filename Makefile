@@ -3,7 +3,7 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 STAMP = $(VENV)/.installed
 
-.PHONY: install test lint proto run soak bench certs clean distclean
+.PHONY: install test lint proto run soak bench certs browser clean distclean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ proto: $(STAMP)
 
 run: $(STAMP)
 	$(PY) scripts/run_dev.py
+
+# Only the browser tests (Playwright driving the system Chromium); `make test` runs them too.
+browser: $(STAMP)
+	$(PY) -m pytest -p no:xdist -m browser -q tests/browser
 
 soak: $(STAMP)
 	RAFT_SIM_SEEDS=100000 $(PY) -m pytest -m soak -n 2 -q

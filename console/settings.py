@@ -31,6 +31,8 @@ INSTALLED_APPS = [
     "daphne",
     "channels",
     "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -48,6 +50,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "console.middleware.SecurityHeadersMiddleware",
 ]
 
 ROOT_URLCONF = "console.urls"
@@ -62,6 +65,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "console.context_processors.cluster",
             ],
         },
     },
@@ -103,13 +107,51 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "var" / "static"
 
+# Security headers (console/middleware.py adds CSP, Referrer-Policy, X-Content-Type-Options).
+X_FRAME_OPTIONS = "DENY"
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+CONSOLE_CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# The REST API (console/api): token or session auth; token first, so anonymous calls get 401.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "console.api.errors.exception_handler",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "etcd-py console API",
+    "DESCRIPTION": (
+        "REST API of the etcd-py admin console: keys, leases, cluster members and status.\n\n"
+        "**Auth**: `Authorization: Token <token>` (POST username and password to "
+        "`/api/v1/auth/token/`, or `manage.py drf_create_token <user>`) or the console's "
+        "session cookie (plus `X-CSRFToken` for writes). Any signed-in user reads; editors "
+        "and superusers write.\n\n"
+        "**Keys** travel in the path as unpadded base64url of their bytes "
+        "(`/api/v1/keys/L2NmZy9h/` is `/cfg/a`), so any bytes round-trip. Values are UTF-8 "
+        'text (`"encoding": "utf-8"`) or base64 (`"encoding": "base64"`).\n\n'
+        '**Errors**: `{"error": ..., "etcd_error": <etcd\'s message or null>, "code": '
+        "<gRPC status code name or null>}`."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "ENUM_NAME_OVERRIDES": {"ValueEncodingEnum": "console.api.serializers.ENCODINGS"},
+    # /api/v1/docs/ loads Swagger UI from jsDelivr, pinned (console/api/views.py DocsView).
+    "SWAGGER_UI_DIST": "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.17.14",
+    "SWAGGER_UI_FAVICON_HREF": "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.17.14/favicon-32x32.png",
 }
 
 # The cluster the console talks to: etcd client endpoints, host:port, comma-separated.
@@ -123,3 +165,10 @@ CONSOLE_ETCD_CA_FILE = os.environ.get("CONSOLE_ETCD_CA_FILE", "")
 CONSOLE_ETCD_CERT_FILE = os.environ.get("CONSOLE_ETCD_CERT_FILE", "")
 CONSOLE_ETCD_KEY_FILE = os.environ.get("CONSOLE_ETCD_KEY_FILE", "")
 CONSOLE_ETCD_TIMEOUT = float(os.environ.get("CONSOLE_ETCD_TIMEOUT", "5"))
+
+# The key browser (console/keys.py, console/views/keys.py).
+CONSOLE_KEY_SEPARATOR = os.environ.get("CONSOLE_KEY_SEPARATOR", "/")
+CONSOLE_KEYS_PAGE_SIZE = int(os.environ.get("CONSOLE_KEYS_PAGE_SIZE", "100"))
+# Import dry runs are kept here until applied (one JSON file per dry run).
+CONSOLE_IMPORT_DIR = Path(os.environ.get("CONSOLE_IMPORT_DIR", BASE_DIR / "var" / "imports"))
+CONSOLE_IMPORT_MAX_BYTES = int(os.environ.get("CONSOLE_IMPORT_MAX_BYTES", str(32 * 1024 * 1024)))
