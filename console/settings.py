@@ -107,6 +107,24 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "var" / "static"
 
+# Served over HTTPS (CONSOLE_HTTPS=1, production): secure cookies, redirect to HTTPS, HSTS.
+# Behind a TLS-terminating proxy, also set CONSOLE_TRUST_PROXY_HTTPS=1 (X-Forwarded-Proto).
+CONSOLE_HTTPS = _env_bool("CONSOLE_HTTPS", default=False)
+SESSION_COOKIE_SECURE = CONSOLE_HTTPS
+CSRF_COOKIE_SECURE = CONSOLE_HTTPS
+SESSION_COOKIE_HTTPONLY = True
+SECURE_SSL_REDIRECT = CONSOLE_HTTPS
+SECURE_HSTS_SECONDS = 31536000 if CONSOLE_HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = CONSOLE_HTTPS
+SECURE_HSTS_PRELOAD = CONSOLE_HTTPS
+if _env_bool("CONSOLE_TRUST_PROXY_HTTPS", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Failed logins allowed per user name and client address within the window (seconds).
+CONSOLE_LOGIN_ATTEMPTS = int(os.environ.get("CONSOLE_LOGIN_ATTEMPTS", "5"))
+CONSOLE_LOGIN_WINDOW = int(os.environ.get("CONSOLE_LOGIN_WINDOW", "300"))
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
 # Security headers (console/middleware.py adds CSP, Referrer-Policy, X-Content-Type-Options).
 X_FRAME_OPTIONS = "DENY"
 SECURE_REFERRER_POLICY = "same-origin"
@@ -128,6 +146,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "console.api.errors.exception_handler",
+    # bounded password guessing through the token endpoint (see console/api/urls.py)
+    "DEFAULT_THROTTLE_RATES": {"login": "10/min"},
 }
 
 SPECTACULAR_SETTINGS = {

@@ -4,6 +4,7 @@ from django.urls import include, path, register_converter
 
 from console.views import errors, home
 from console.views import keys as key_views
+from console.views.login import RateLimitedLoginView
 
 register_converter(key_views.KeyConverter, "key")
 
@@ -27,11 +28,7 @@ urlpatterns = [
     path("", home.index, name="index"),
     path("healthz", home.healthz, name="healthz"),
     path("keys/", include((key_patterns, "keys"))),
-    path(
-        "login/",
-        auth_views.LoginView.as_view(redirect_authenticated_user=True),
-        name="login",
-    ),
+    path("login/", RateLimitedLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("console.api.urls")),

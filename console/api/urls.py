@@ -6,7 +6,6 @@ the API's 400 error body rather than Django's HTML 404.
 
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView
-from rest_framework.authtoken.views import obtain_auth_token
 
 from console.api import views
 
@@ -29,7 +28,7 @@ urlpatterns = [
     ),
     path("cluster/status/", views.ClusterStatusView.as_view(), name="api-cluster-status"),
     path("me/", views.MeView.as_view(), name="api-me"),
-    path("auth/token/", obtain_auth_token, name="api-token"),
+    path("auth/token/", views.ThrottledObtainAuthToken.as_view(), name="api-token"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", views.DocsView.as_view(url_name="api-schema"), name="api-docs"),
     re_path(r"", views.NoSuchEndpointView.as_view(), name="api-not-found"),  # keep last

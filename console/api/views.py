@@ -15,10 +15,12 @@ from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from drf_spectacular.views import SpectacularSwaggerSplitView
 from rest_framework import serializers
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from cluster.client import Compare, GetResponse, KeyValue, LeaseNotFoundError, Op, prefix_range_end
@@ -708,3 +710,10 @@ __all__ = [
     "MemberStatusView",
     "TreeView",
 ]
+
+
+class ThrottledObtainAuthToken(ObtainAuthToken):  # type: ignore[misc]
+    """DRF's token endpoint with bounded password guessing (the ``login`` throttle rate)."""
+
+    throttle_classes: ClassVar = [ScopedRateThrottle]
+    throttle_scope = "login"
