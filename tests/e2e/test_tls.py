@@ -50,6 +50,13 @@ def test_client_and_peer_tls_with_certificate_auth(tmp_path: Path) -> None:
         # a plaintext client against the TLS port fails with a clear error
         done = c.run_etcdctl("--dial-timeout=2s", "get", "secret")
         assert done.returncode != 0 and done.stderr.strip()
+        # with auth enabled, the certificate's common name ("root") is the user
+        c.etcdctl(*tls, "user", "add", "root", "--new-user-password=root-pw-1")
+        c.etcdctl(*tls, "role", "add", "root")
+        c.etcdctl(*tls, "user", "grant-role", "root", "root")
+        c.etcdctl(*tls, "auth", "enable")
+        assert c.etcdctl(*tls, "get", "secret", "--print-value-only").strip() == "s3cr3t"
+        assert "root" in c.etcdctl(*tls, "user", "list").split()
     finally:
         c.stop()
 
