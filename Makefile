@@ -41,6 +41,7 @@ certs: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m cluster.bench raft
 	$(PY) -m cluster.bench wal
+	$(PY) -m cluster.bench compare
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import raft, wal
+from . import compare, load, raft, wal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     workloads = parser.add_subparsers(dest="workload", required=True, metavar="WORKLOAD")
     raft.add_parser(workloads)
     wal.add_parser(workloads)
+    load.add_parsers(workloads)
+    compare.add_parser(workloads)
     args = parser.parse_args(argv)
     return int(args.run(args))
 
