@@ -3,7 +3,7 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 STAMP = $(VENV)/.installed
 
-.PHONY: install test lint proto run soak bench certs browser clean distclean
+.PHONY: install test lint proto run soak bench certs browser robustness clean distclean
 
 install: $(STAMP)
 
@@ -18,7 +18,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cluster console scripts tests
-	$(VENV)/bin/mypy cluster console scripts
+	$(VENV)/bin/mypy cluster console scripts tests/robustness
 
 # Regenerate cluster/proto/**/*_pb2*.py(i) from the .proto files (the results are committed).
 proto: $(STAMP)
@@ -30,6 +30,10 @@ run: $(STAMP)
 # Only the browser tests (Playwright driving the system Chromium); `make test` runs them too.
 browser: $(STAMP)
 	$(PY) -m pytest -p no:xdist -m browser -q tests/browser
+
+# Fault injection with a linearizability checker: 12 seeded runs (about 2.5 minutes), then a table.
+robustness: $(STAMP)
+	$(PY) -m pytest -m robustness -q -s
 
 soak: $(STAMP)
 	RAFT_SIM_SEEDS=100000 $(PY) -m pytest -m soak -n 2 -q

@@ -37,6 +37,7 @@ from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 
 from . import kvconv
 from .forward import FORWARDED_KEY, LeaderForwarder, LeaderIsLocal
+from .ids import IdGenerator
 from .kvconv import RequestError
 from .member import Member
 
@@ -53,22 +54,6 @@ ERR_LEASE_TTL_TOO_LARGE: kvconv.ErrorSpec = (
 
 MAX_KEEPALIVES_IN_FLIGHT = 128  # per stream; reading the stream waits beyond it
 _ID_MASK = (1 << 63) - 1
-
-
-class IdGenerator:
-    """etcd's idutil.Generator: the member id's low 16 bits, then a 48-bit counter
-    starting at the current Unix time in milliseconds (40 bits) shifted by 8."""
-
-    _TS_BITS, _COUNT_BITS = 40, 8
-    _SUFFIX_BITS = _TS_BITS + _COUNT_BITS
-
-    def __init__(self, member_id: int, now_ms: int) -> None:
-        self._prefix = (member_id & 0xFFFF) << self._SUFFIX_BITS
-        self._suffix = (now_ms & ((1 << self._TS_BITS) - 1)) << self._COUNT_BITS
-
-    def next(self) -> int:
-        self._suffix += 1
-        return self._prefix | (self._suffix & ((1 << self._SUFFIX_BITS) - 1))
 
 
 def _status(err: RequestError) -> grpc.StatusCode:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import random
 import struct
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -51,6 +51,7 @@ from .alarms import Alarms, hard_limit, quota_cost
 from .apply import Applied, Applier
 from .authz import Authorizer
 from .compactor import AutoCompactor
+from .ids import IdGenerator
 from .join import ExistingCluster, describe_members, discover
 from .kvconv import RequestError
 from .requests import InternalRequest, decode_request, encode_request
@@ -97,7 +98,8 @@ class Member:
             for name, urls in cfg.initial_cluster.items()
         ]
         self.request_timeout = 5.0 + 2 * cfg.election_timeout_ms / 1000
-        self._ids = itertools.count(1)
+        # Request ids (and read contexts): never reused across restarts (see ids.py).
+        self._ids = IdGenerator(cfg.member_id, time.time_ns() // 1_000_000)
         self._waiting: dict[int, asyncio.Future[object]] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -293,7 +295,7 @@ class Member:
         if added and self._backend_size() + added >= self.cfg.quota_backend_bytes:
             self._raise_nospace()
             raise RequestError(*kvconv.ERR_NO_SPACE)
-        request_id = next(self._ids)
+        request_id = self._ids.next()
         fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = fut
         try:
@@ -350,7 +352,7 @@ class Member:
         drops a refused one silently: the caller then times out ("etcdserver: request
         timed out").
         """
-        request_id = next(self._ids)
+        request_id = self._ids.next()
         fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = fut
         body = (attrs or pb.Member(ID=member_id)).SerializeToString()
@@ -389,7 +391,7 @@ class Member:
 
     async def linearizable_barrier(self) -> None:
         """Wait until this member has applied everything committed before now (ReadIndex)."""
-        ctx = _READ_CTX.pack(self.id, next(self._ids))
+        ctx = _READ_CTX.pack(self.id, self._ids.next())
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reads[ctx] = fut
         try:
