@@ -18,13 +18,15 @@ from .kv import KVServicer
 from .lease import LeaseServicer
 from .lock import LockServicer
 from .maintenance import MaintenanceServicer
+from .malformed import MalformedRequests
 from .member import Member
 from .watch import WatchServicer
 
 
 def interceptors(member: Member) -> list[grpc.aio.ServerInterceptor]:
-    """For ``grpc.aio.server(interceptors=...)``: the root-only methods under auth."""
-    return [AdminOnly(member.authz)]
+    """For ``grpc.aio.server(interceptors=...)``: undecodable requests refused cleanly, then
+    the root-only methods under auth."""
+    return [MalformedRequests(), AdminOnly(member.authz)]
 
 
 def add_services(server: grpc.aio.Server, member: Member) -> list[Callable[[], Awaitable[None]]]:
