@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import grpc
 
 from cluster.config import ConfigError, MemberConfig, load
+from cluster.logging_setup import bind_member
+from cluster.logging_setup import configure as configure_logging
 from cluster.storage.backend import BackendError
 from cluster.storage.snap import SnapshotError
 from cluster.storage.wal import WALError
@@ -21,6 +23,7 @@ log = logging.getLogger("cluster")
 
 async def serve(cfg: MemberConfig) -> int:
     """Run one member; the process's exit status (0: stopped cleanly)."""
+    from cluster.server.http import MemberHttp
     from cluster.server.kv import grpc_server_options
     from cluster.server.member import Member
     from cluster.server.services import add_services, interceptors
@@ -28,6 +31,13 @@ async def serve(cfg: MemberConfig) -> int:
 
     member = Member(cfg)
     await member.start()
+    bind_member(member.id)
+    http = MemberHttp(member)
+    try:
+        await http.start_metrics()  # as etcd: metrics and health before clients are served
+    except OSError:
+        await member.stop()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -43,9 +53,11 @@ async def serve(cfg: MemberConfig) -> int:
     await asyncio.wait([published, *ending], return_when=asyncio.FIRST_COMPLETED)
     published.cancel()
     server = grpc.aio.server(
-        options=grpc_server_options(cfg.max_request_bytes), interceptors=interceptors(member)
+        options=grpc_server_options(cfg.max_request_bytes),
+        interceptors=interceptors(member),
     )
     closers = add_services(server, member)
+    http.add_gateway_port(server)
     for url in cfg.listen_client_urls:
         address = f"{url.host}:{url.port}"
         if url.scheme == "https":
@@ -54,6 +66,13 @@ async def serve(cfg: MemberConfig) -> int:
         else:
             server.add_insecure_port(address)
     await server.start()
+    try:
+        await http.start_clients()
+    except OSError:
+        await server.stop(None)
+        await http.stop()
+        await member.stop()
+        raise
     log.info(
         "member %x (%s) of cluster %x ready, serving clients on %s",
         member.id,
@@ -68,6 +87,7 @@ async def serve(cfg: MemberConfig) -> int:
     if member.removed.is_set():
         log.info("this member was removed from the cluster")
     log.info("stopping: finishing in-flight requests")
+    await http.stop()
     await server.stop(grace=2.0)
     for close in closers:
         await close()
@@ -79,15 +99,13 @@ async def serve(cfg: MemberConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=os.environ.get("ETCD_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
         cfg = load(sys.argv[1:] if argv is None else argv, os.environ)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # --log-level / ETCD_LOG_LEVEL, --log-format / ETCD_LOG_FORMAT: JSON lines by default
+    configure_logging(cfg.log_level, cfg.log_format, member=cfg.name)
     try:
         return asyncio.run(serve(cfg))
     except ConfigError as exc:

@@ -69,6 +69,10 @@ class MemberConfig:
     strict_reconfig_check: bool = True
     client_tls: TLSFiles | None = None  # https client URLs
     peer_tls: TLSFiles | None = None  # https peer URLs
+    listen_client_http_urls: tuple[URL, ...] = ()  # JSON gateway, health, metrics, version
+    listen_metrics_urls: tuple[URL, ...] = ()  # metrics and health only
+    log_level: str = "info"
+    log_format: str = "json"
 
     @property
     def member_id(self) -> int:
@@ -159,6 +163,10 @@ def validate_retention(mode: str, retention: str) -> None:
         )
 
 
+LOG_LEVELS = ("debug", "info", "warn", "error", "dpanic", "panic", "fatal")
+"""etcd's --log-level values (zap's); "warning" and upper case are accepted too."""
+
+
 @dataclass(frozen=True)
 class _Flag:
     name: str
@@ -179,6 +187,17 @@ FLAGS: tuple[_Flag, ...] = (
     _Flag("listen-client-urls", "http://localhost:2379", "URLs to listen on for client traffic"),
     _Flag(
         "advertise-client-urls", "http://localhost:2379", "client URLs advertised to the cluster"
+    ),
+    _Flag(
+        "listen-client-http-urls",
+        "",
+        "URLs to listen on for HTTP clients: the JSON gateway (/v3/...), /health, /livez, "
+        "/readyz, /version and /metrics (none by default)",
+    ),
+    _Flag(
+        "listen-metrics-urls",
+        "",
+        "URLs to listen on for /metrics and the health endpoints (none by default)",
     ),
     _Flag("listen-peer-urls", "http://localhost:2380", "URLs to listen on for peer traffic"),
     _Flag(
@@ -274,6 +293,13 @@ FLAGS: tuple[_Flag, ...] = (
         "0",
         "auto compaction retention for the mvcc key-value store (0 disables it)",
     ),
+    _Flag("log-level", "info", f"log level, one of {', '.join(LOG_LEVELS)}"),
+    _Flag(
+        "log-format",
+        "json",
+        "json (one JSON object per line, as etcd) or text",
+        choices=("json", "text", "console"),
+    ),
 )
 
 
@@ -356,6 +382,15 @@ def _build(raw: dict[str, str]) -> MemberConfig:
         raise ConfigError("--snapshot-count must be greater than 0")
     client_urls = parse_urls(raw["listen-client-urls"], "listen-client-urls")
     peer_urls = parse_urls(raw["listen-peer-urls"], "listen-peer-urls")
+    http_urls = _optional_urls(raw, "listen-client-http-urls")
+    metrics_urls = _optional_urls(raw, "listen-metrics-urls")
+    log_level = raw["log-level"].lower()
+    if log_level == "warning":
+        log_level = "warn"
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(
+            f"--log-level: {raw['log-level']!r} is not one of {', '.join(LOG_LEVELS)}"
+        )
     return MemberConfig(
         name=name,
         data_dir=raw["data-dir"] or f"{name}.etcd",
@@ -378,9 +413,17 @@ def _build(raw: dict[str, str]) -> MemberConfig:
         auto_compaction_retention=raw["auto-compaction-retention"],
         snapshot_catchup_entries=num("experimental-snapshot-catchup-entries"),
         strict_reconfig_check=raw["strict-reconfig-check"] == "true",
-        client_tls=_tls(raw, "", client_urls),
+        client_tls=_tls(raw, "", client_urls + http_urls + metrics_urls),
         peer_tls=_tls(raw, "peer-", peer_urls),
+        listen_client_http_urls=http_urls,
+        listen_metrics_urls=metrics_urls,
+        log_level=log_level,
+        log_format="text" if raw["log-format"] == "console" else raw["log-format"],
     )
+
+
+def _optional_urls(raw: dict[str, str], flag: str) -> tuple[URL, ...]:
+    return parse_urls(raw[flag], flag) if raw[flag] else ()
 
 
 def _tls(raw: dict[str, str], prefix: str, urls: tuple[URL, ...]) -> TLSFiles | None:

@@ -57,6 +57,11 @@ def member_command(name: str, client_port: int, peer_port: int) -> list[str]:
         CLUSTER_TOKEN,
         "--initial-cluster-state",
         "new",
+        # etcd 3.5's HTTP listeners: JSON gateway + health, and metrics + health
+        "--listen-client-http-urls",
+        f"http://{HOST}:{client_port + 2}",
+        "--listen-metrics-urls",
+        f"http://{HOST}:{client_port + 3}",
     ]
 
 
@@ -113,6 +118,8 @@ def main() -> int:
         if len(children) > 1:
             endpoints = ",".join(f"{HOST}:{c}" for _, c, _ in MEMBERS)
             print(f"cluster:  {endpoints}")
+            http = ",".join(f"http://{HOST}:{c + 2}" for _, c, _ in MEMBERS)
+            print(f"gateway:  {http}  (metrics and health on the next port)")
         print("Ctrl-C to stop", flush=True)
 
         while True:

@@ -54,6 +54,7 @@ from .compactor import AutoCompactor
 from .ids import IdGenerator
 from .join import ExistingCluster, describe_members, discover
 from .kvconv import RequestError
+from .metrics import MemberMetrics
 from .requests import InternalRequest, decode_request, encode_request
 from .transport import PeerTransport
 
@@ -123,6 +124,7 @@ class Member:
         # only then does it serve clients, so a member list never shows it without them.
         self.published = asyncio.Event()
         self.compactor = AutoCompactor(cfg.auto_compaction_mode, cfg.auto_compaction_retention)
+        self.metrics = MemberMetrics(self)
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -147,10 +149,12 @@ class Member:
                 ]
                 ids = (self.id, self.cluster_id)
         self.log_store = open_raft_log(cfg.data_dir, *ids, retention=retention)
+        self.log_store.wal.on_fsync = self.metrics.wal_fsync.observe
         self.id, self.cluster_id = self.log_store.member_id, self.log_store.cluster_id
         self.backend = Backend(
             self.log_store.paths.db_path, quota_bytes=hard_limit(cfg.quota_backend_bytes)
         )
+        self.backend.on_commit = self.metrics.backend_commit.observe
         if self.backend.member_ids() is None:
             self.backend.set_member_ids(self.id, self.cluster_id)
         self.backend.check_member_ids(self.id, self.cluster_id)
@@ -307,6 +311,8 @@ class Member:
             return await self._within_timeout(fut)
         finally:
             self._waiting.pop(request_id, None)
+            if not fut.done():  # dropped, timed out or cancelled (as etcd counts them)
+                self.metrics.proposals_failed.inc()
 
     def _backend_size(self) -> int:
         """The db file, and what the open batch will add to it when it commits."""
@@ -574,6 +580,8 @@ class Member:
                 if not fut.done():
                     fut.set_exception(RequestError(*kvconv.ERR_LEADER_CHANGED))
                 self._reads.pop(ctx, None)
+        if lead:
+            self.metrics.leader_changes.inc()
         self._lead = lead
 
     def _apply(self, entry: Entry) -> None:
@@ -644,6 +652,7 @@ class Member:
         self.backend.close()
         install_snapshot(path, chunks, member_ids=(self.id, self.cluster_id))
         self.backend = Backend(path, quota_bytes=hard_limit(self.cfg.quota_backend_bytes))
+        self.backend.on_commit = self.metrics.backend_commit.observe
         self.applier.reset(self.backend)
         index = self.backend.consistent_index()[0]
         log.info("installed the leader's backend (consistent index %d)", index)

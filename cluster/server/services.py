@@ -24,9 +24,9 @@ from .watch import WatchServicer
 
 
 def interceptors(member: Member) -> list[grpc.aio.ServerInterceptor]:
-    """For ``grpc.aio.server(interceptors=...)``: undecodable requests refused cleanly, then
-    the root-only methods under auth."""
-    return [MalformedRequests(), AdminOnly(member.authz)]
+    """For ``grpc.aio.server(interceptors=...)``: metrics (grpc_server_handled_total),
+    undecodable requests refused cleanly, then the root-only methods under auth."""
+    return [member.metrics.interceptor(), MalformedRequests(), AdminOnly(member.authz)]
 
 
 def add_services(server: grpc.aio.Server, member: Member) -> list[Callable[[], Awaitable[None]]]:

@@ -29,6 +29,7 @@ import os
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
@@ -223,10 +224,13 @@ class BatchTx:
         self._txn = None
         lost, self.pending = self.pending, 0
         self.pending_bytes = 0
+        began = time.perf_counter()
         try:
             txn.commit()
         except lmdb.MapFullError as exc:
             raise BackendQuotaError(lost) from exc
+        if self._backend.on_commit is not None:
+            self._backend.on_commit(time.perf_counter() - began)
 
     def abort(self) -> None:
         """Discard every write since the last commit."""
@@ -303,6 +307,7 @@ class Backend:
             raise
         self._batch = BatchTx(self)
         self._last_commit: float | None = None
+        self.on_commit: Callable[[float], None] | None = None  # seconds per commit (metrics)
         self._closed = False
 
     def _open_env(self) -> lmdb.Environment:

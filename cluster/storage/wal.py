@@ -24,6 +24,8 @@ import logging
 import os
 import re
 import struct
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import crc32c
@@ -136,6 +138,7 @@ class WAL:
         self._crc = 0
         self.last_index = 0
         self.hard_state = HardState()
+        self.on_fsync: Callable[[float], None] | None = None  # seconds per fsync (metrics)
 
     # -- creating and opening ---------------------------------------------
     @classmethod
@@ -299,7 +302,10 @@ class WAL:
         try:
             f.write(data)
             if sync:
+                began = time.perf_counter()
                 f.sync()
+                if self.on_fsync is not None:
+                    self.on_fsync(time.perf_counter() - began)
         except OSError as exc:
             # Take back whatever part of the batch reached the file, so the next
             # batch does not follow half a record.
