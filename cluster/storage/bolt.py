@@ -24,12 +24,20 @@ The layout, bbolt's (1.3 and later, as etcd 3.4 to 3.6 read it; little-endian,
 Every page below the high-water mark is reachable from the root and none is
 free, so bbolt's consistency check (``tx.Check``, which ``snapshot status``
 runs first) finds nothing to report.
+
+``BoltReader`` reads such files back, and those real bbolt writes (etcd's own
+snapshots: inline buckets, free pages, two metas of which the newer counts),
+from bytes or an mmap, lazily and checking the structure as it goes: each
+problem is a ``BoltError`` carrying the byte offset where it was found
+(``cluster.snapshot`` status and restore use it).
 """
 
 from __future__ import annotations
 
+import mmap
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import IO
 
 PAGE_SIZE = 4096
@@ -53,6 +61,9 @@ _META = struct.Struct("<IIIIQQQQQ")  # magic, version, page size, flags, root, s
 _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
 _U64 = (1 << 64) - 1
+
+Buffer = bytes | bytearray | memoryview | mmap.mmap
+"""What the reader reads: the whole file in memory, or mapped."""
 
 
 def fnv1a_64(data: bytes) -> int:
@@ -227,63 +238,161 @@ class _TreeWriter:
         return group[0][0], self._writer._write_page(_BRANCH_PAGE, n, bytes(elems + data))
 
 
-# -- reading (for tests and checks) ---------------------------------------------------
+# -- reading ---------------------------------------------------------------------------
 
 
-def read_bolt(data: bytes) -> dict[bytes, list[tuple[bytes, bytes]]]:
-    """The buckets of a bbolt file written as above: ``{name: [(key, value), ...]}``.
+class BoltError(ValueError):
+    """A bbolt file that does not verify; ``offset`` is the byte where the problem is."""
 
-    A small reader for checking exports (top-level buckets of plain keys,
-    page-based or inline); raises ``ValueError`` on a bad meta page.
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(f"offset {offset}: {reason}")
+        self.offset = offset
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class BoltMeta:
+    """The meta page bbolt opens a file with (the newer of the two that verify)."""
+
+    page_size: int
+    root: int  # the root bucket's root page
+    freelist: int
+    high_water: int  # the first page id past the data (bbolt's meta.pgid)
+    txid: int
+
+    @property
+    def size(self) -> int:
+        """The data's size in bytes (bbolt's ``tx.Size()``)."""
+        return self.high_water * self.page_size
+
+
+def read_meta(buf: Buffer) -> BoltMeta:
+    """The newer valid meta page; ``BoltError`` if neither verifies or the file is short.
+
+    Meta 1 is found with the page size meta 0 gives (``PAGE_SIZE`` if meta 0 is bad).
     """
-    meta = _read_meta(data)
-    ps = meta["page_size"]
-    out: dict[bytes, list[tuple[bytes, bytes]]] = {}
-    for name, value, flags in _walk(data, ps, meta["root"]):
-        if not flags & _BUCKET_LEAF:
-            raise ValueError(f"bolt: {name!r} in the root is not a bucket")
-        root, _seq = _BUCKET.unpack_from(value)
-        if root == 0:
-            out[name] = [(k, v) for k, v, _ in _walk_page(data, value, _BUCKET.size, ps)]
-        else:
-            out[name] = [(k, v) for k, v, _ in _walk(data, ps, root)]
-    return out
-
-
-def _read_meta(data: bytes) -> dict[str, int]:
-    best: dict[str, int] | None = None
+    page_size = PAGE_SIZE
+    found: list[BoltMeta] = []
     for pgid in (0, 1):
-        off = pgid * PAGE_SIZE + _PAGE.size
-        raw = data[off : off + _META.size]
-        if len(raw) < _META.size:
+        off = pgid * page_size + _PAGE.size
+        if len(buf) < off + _META.size + 8:
             continue
-        magic, version, ps, _f, root, _s, freelist, high, txid = _META.unpack(raw)
-        (checksum,) = struct.unpack_from("<Q", data, off + _META.size)
+        raw = bytes(buf[off : off + _META.size])
+        magic, version, ps, _flags, root, _seq, freelist, high, txid = _META.unpack(raw)
+        (checksum,) = struct.unpack_from("<Q", buf, off + _META.size)
         if magic != MAGIC or version != VERSION or checksum != fnv1a_64(raw):
             continue
-        if best is None or txid > best["txid"]:
-            best = {"page_size": ps, "root": root, "freelist": freelist, "pgid": high, "txid": txid}
-    if best is None:
-        raise ValueError("bolt: no valid meta page")
-    return best
+        if ps < 512 or ps > 1 << 16 or ps & (ps - 1):
+            continue
+        if pgid == 0:
+            page_size = ps
+        found.append(BoltMeta(ps, root, freelist, high, txid))
+    if not found:
+        raise BoltError(0, "not a bbolt file: no valid meta page (magic, version, checksum)")
+    meta = max(found, key=lambda m: m.txid)
+    if meta.size > len(buf):
+        raise BoltError(
+            len(buf), f"truncated: the meta page says {meta.size} bytes, the file has {len(buf)}"
+        )
+    if not 2 <= meta.root < meta.high_water:
+        raise BoltError(_PAGE.size, f"the root page {meta.root} is out of range")
+    return meta
 
 
-def _walk(data: bytes, ps: int, pgid: int) -> Iterable[tuple[bytes, bytes, int]]:
-    yield from _walk_page(data, data, pgid * ps, ps)
+class BoltReader:
+    """Reads the buckets of a bbolt file (bytes or an mmap), checking its structure.
+
+    Checks what bbolt's ``tx.Check`` would report for a file holding etcd's data: page
+    headers that name another page, pages past the high-water mark or referenced twice,
+    unknown page types, elements that run past their page, keys out of order. Each
+    problem is a ``BoltError`` with the offset it was found at. ``on_pages`` is called
+    with the number of pages read each time a page (and its overflow) is visited.
+    """
+
+    def __init__(self, buf: Buffer, on_pages: Callable[[int], None] | None = None) -> None:
+        self.buf = buf
+        self.meta = read_meta(buf)
+        self._on_pages = on_pages
+        self._seen: set[int] = set()
+
+    def buckets(self) -> Iterator[tuple[bytes, Iterator[tuple[bytes, bytes]]]]:
+        """Every top-level bucket in name order, with its records read lazily in key order."""
+        last: bytes | None = None
+        for name, value, flags, at in self._tree(self.meta.root):
+            if not flags & _BUCKET_LEAF:
+                raise BoltError(at, f"{name!r} in the root is not a bucket")
+            if last is not None and name <= last:
+                raise BoltError(at, f"bucket {name!r} is out of order")
+            last = name
+            if len(value) < _BUCKET.size:
+                raise BoltError(at, f"bucket {name!r} has a {len(value)}-byte header")
+            yield name, self._records(name, value, at)
+
+    def _records(self, name: bytes, value: bytes, at: int) -> Iterator[tuple[bytes, bytes]]:
+        root, _seq = _BUCKET.unpack_from(value)
+        elements = (
+            self._page(value, _BUCKET.size, None, len(value), at) if root == 0 else self._tree(root)
+        )
+        last: bytes | None = None
+        for key, val, flags, where in elements:
+            if flags & _BUCKET_LEAF:
+                raise BoltError(where, f"bucket {name!r}: nested bucket {key!r} is not supported")
+            if last is not None and key <= last:
+                raise BoltError(where, f"bucket {name!r}: key {key!r} is out of order")
+            last = key
+            yield key, val
+
+    def _tree(self, pgid: int) -> Iterator[tuple[bytes, bytes, int, int]]:
+        meta = self.meta
+        if not 2 <= pgid < meta.high_water:  # 0 and 1 are the metas
+            raise BoltError(meta.size, f"page {pgid} is out of range (2 to {meta.high_water - 1})")
+        off = pgid * meta.page_size
+        _id, _flags, _count, overflow = _PAGE.unpack_from(self.buf, off)
+        if pgid + overflow >= meta.high_water:
+            raise BoltError(off, f"page {pgid} and its {overflow} overflow pages pass the end")
+        for p in range(pgid, pgid + overflow + 1):
+            if p in self._seen:
+                raise BoltError(off, f"page {p} is referenced twice")
+            self._seen.add(p)
+        if self._on_pages is not None:
+            self._on_pages(overflow + 1)
+        end = off + (overflow + 1) * meta.page_size
+        yield from self._page(self.buf, off, pgid, end, off)
+
+    def _page(
+        self, buf: Buffer, off: int, pgid: int | None, end: int, where: int
+    ) -> Iterator[tuple[bytes, bytes, int, int]]:
+        """The elements of the page at ``off`` of ``buf`` (``pgid`` None: an inline page;
+        ``where`` is its offset in the file, for errors)."""
+        if off + _PAGE.size > end:
+            raise BoltError(where, "truncated page header")
+        page_id, flags, count, _overflow = _PAGE.unpack_from(buf, off)
+        if pgid is not None and page_id != pgid:
+            raise BoltError(where, f"page {pgid}: its header says page {page_id}")
+        base = off + _PAGE.size
+        size = _LEAF_ELEMENT.size  # == _BRANCH_ELEMENT.size
+        if base + count * size > end:
+            raise BoltError(where, f"page {page_id}: {count} elements do not fit")
+        if flags & _BRANCH_PAGE and pgid is not None:
+            for i in range(count):
+                _pos, _ksize, child = _BRANCH_ELEMENT.unpack_from(buf, base + i * size)
+                yield from self._tree(child)
+        elif flags & _LEAF_PAGE:
+            for i in range(count):
+                at = base + i * size
+                eflags, pos, ksize, vsize = _LEAF_ELEMENT.unpack_from(buf, at)
+                start = at + pos
+                stop = start + ksize + vsize
+                here = where + (at - off)
+                if stop > end:
+                    raise BoltError(here, f"page {page_id}: element {i} runs past it")
+                key, value = bytes(buf[start : start + ksize]), bytes(buf[start + ksize : stop])
+                yield key, value, eflags, here
+        else:
+            raise BoltError(where, f"page {page_id} has type {flags:#x}, not a branch or leaf")
 
 
-def _walk_page(data: bytes, buf: bytes, off: int, ps: int) -> Iterable[tuple[bytes, bytes, int]]:
-    _pgid, flags, count, _overflow = _PAGE.unpack_from(buf, off)
-    base = off + _PAGE.size
-    if flags & _BRANCH_PAGE:
-        for i in range(count):
-            _pos, _ksize, child = _BRANCH_ELEMENT.unpack_from(buf, base + i * 16)
-            yield from _walk(data, ps, child)
-    elif flags & _LEAF_PAGE:
-        for i in range(count):
-            at = base + i * 16
-            eflags, pos, ksize, vsize = _LEAF_ELEMENT.unpack_from(buf, at)
-            key = bytes(buf[at + pos : at + pos + ksize])
-            yield key, bytes(buf[at + pos + ksize : at + pos + ksize + vsize]), eflags
-    else:
-        raise ValueError(f"bolt: page at {off} has flags {flags:#x}")
+def read_bolt(data: Buffer) -> dict[bytes, list[tuple[bytes, bytes]]]:
+    """The buckets of a bbolt file: ``{name: [(key, value), ...]}`` (``BoltError``, a
+    ``ValueError``, if it does not verify)."""
+    return {name: list(items) for name, items in BoltReader(data).buckets()}
