@@ -566,6 +566,9 @@ class Member:
             elif self.lessor.is_primary:
                 self.lessor.demote()
             if rd.soft_state.lead != self._lead:
+                if rd.soft_state.lead == 0:
+                    log.warning("member %x lost its leader %x at term %d", self.id, self._lead,
+                                self.node.term)  # fmt: skip
                 self._leader_changed(rd.soft_state.lead)
         self.node.advance(rd)
         self._after_apply()
@@ -612,6 +615,12 @@ class Member:
                 else:
                     now = asyncio.get_running_loop().time()
                     response = self.applier.apply(proposed.request, now, entry.index)
+                    if isinstance(proposed.request, pb.CompactionRequest):
+                        log.info(
+                            "compacted the key-value store at revision %d (keys in index %d)",
+                            proposed.request.revision,
+                            len(self.kv.index),
+                        )
             except RequestError as exc:
                 response = exc  # deterministic: every member refuses it the same way
             fut = self._waiting.get(proposed.request_id) if proposed.origin == self.id else None
@@ -687,6 +696,14 @@ class Member:
         attrs.ID = change.node_id
         key = change.node_id.to_bytes(8, "big")
         batch = self.backend.batch()
+        if not replay:
+            log.info(
+                "membership change applied: %s %x (voters %d, learners %d)",
+                change.type.name,
+                change.node_id,
+                len(self.conf.voters),
+                len(self.conf.learners),
+            )
         if change.type in (ConfChangeType.ADD_NODE, ConfChangeType.ADD_LEARNER_NODE):
             stored = pb.Member(ID=change.node_id)
             raw = batch.get("members", key)
@@ -803,3 +820,9 @@ class Member:
         if self.log_store.snapshot_due(applied):
             self.backend.commit()  # the snapshot must never be ahead of the backend
             self.log_store.snapshot(applied, self.conf)
+            log.info(
+                "saved a snapshot at raft index %d (term %d, revision %d)",
+                applied,
+                self.node.term,
+                self.kv.current_revision,
+            )
