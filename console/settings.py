@@ -192,3 +192,14 @@ CONSOLE_KEYS_PAGE_SIZE = int(os.environ.get("CONSOLE_KEYS_PAGE_SIZE", "100"))
 # Import dry runs are kept here until applied (one JSON file per dry run).
 CONSOLE_IMPORT_DIR = Path(os.environ.get("CONSOLE_IMPORT_DIR", BASE_DIR / "var" / "imports"))
 CONSOLE_IMPORT_MAX_BYTES = int(os.environ.get("CONSOLE_IMPORT_MAX_BYTES", str(32 * 1024 * 1024)))
+
+# The live pages (console/consumers.py over websockets; console/live.py).
+# The service registry's key prefix (cluster.registry's --prefix; default /services).
+CONSOLE_REGISTRY_PREFIX = os.environ.get("CONSOLE_REGISTRY_PREFIX", "/services")
+# Seconds between cluster dashboard samples, and between lease TTL reads on the services pages.
+CONSOLE_DASHBOARD_INTERVAL = float(os.environ.get("CONSOLE_DASHBOARD_INTERVAL", "1"))
+CONSOLE_SERVICES_TTL_INTERVAL = float(os.environ.get("CONSOLE_SERVICES_TTL_INTERVAL", "1"))
+# Seconds the registry's watch outlives the last services page (its recent changes with it).
+CONSOLE_SERVICES_LINGER = float(os.environ.get("CONSOLE_SERVICES_LINGER", "60"))
+# Bytes of each value (and previous value) a watch event carries to the browser.
+CONSOLE_WATCH_VALUE_BYTES = int(os.environ.get("CONSOLE_WATCH_VALUE_BYTES", "4096"))

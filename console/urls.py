@@ -2,8 +2,11 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, register_converter
 
+from console.views import cluster as cluster_views
 from console.views import errors, home
 from console.views import keys as key_views
+from console.views import services as service_views
+from console.views import watch as watch_views
 from console.views.login import RateLimitedLoginView
 
 register_converter(key_views.KeyConverter, "key")
@@ -24,10 +27,32 @@ key_patterns = [
     path("k/<key:key>/restore/", key_views.restore, name="restore"),
 ]
 
+service_patterns = [
+    path("", service_views.service_list, name="list"),
+    path("register/", service_views.register, name="register"),
+    path("s/<str:service>/", service_views.service_detail, name="detail"),
+    path("s/<str:service>/deregister/", service_views.deregister, name="deregister"),
+]
+
+cluster_patterns = [
+    path("", cluster_views.dashboard, name="dashboard"),
+    path("compact/", cluster_views.compact, name="compact"),
+    path("move-leader/", cluster_views.move_leader, name="move_leader"),
+    path("snapshot/", cluster_views.snapshot, name="snapshot"),
+    path("snapshot/download/", cluster_views.snapshot_download, name="snapshot_download"),
+    path("members/add/", cluster_views.member_add, name="member_add"),
+    path("members/<str:member_id>/defragment/", cluster_views.defragment, name="defragment"),
+    path("members/<str:member_id>/remove/", cluster_views.member_remove, name="member_remove"),
+    path("members/<str:member_id>/promote/", cluster_views.member_promote, name="member_promote"),
+]
+
 urlpatterns = [
     path("", home.index, name="index"),
     path("healthz", home.healthz, name="healthz"),
     path("keys/", include((key_patterns, "keys"))),
+    path("watch/", watch_views.watch, name="watch"),
+    path("services/", include((service_patterns, "services"))),
+    path("cluster/", include((cluster_patterns, "cluster"))),
     path("login/", RateLimitedLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

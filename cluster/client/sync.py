@@ -546,6 +546,72 @@ class Client:
             self._call(_alarm_call(req), idempotent=True)
         return todo
 
+    def member_add(
+        self, peer_urls: Iterable[str], *, is_learner: bool = False
+    ) -> tuple[Member, list[Member]]:
+        """Cluster.MemberAdd: the new member (not started yet) and the new member list."""
+        req = pb.MemberAddRequest(peerURLs=list(peer_urls), isLearner=is_learner)
+        r = self._call(
+            lambda s, md, t: s.cluster.MemberAdd(req, timeout=t, metadata=md), idempotent=False
+        )
+        return Member.from_pb(r.member), [Member.from_pb(m) for m in r.members]
+
+    def member_remove(self, member_id: int) -> list[Member]:
+        """Cluster.MemberRemove; the remaining members."""
+        req = pb.MemberRemoveRequest(ID=member_id)
+        r = self._call(
+            lambda s, md, t: s.cluster.MemberRemove(req, timeout=t, metadata=md),
+            idempotent=False,
+        )
+        return [Member.from_pb(m) for m in r.members]
+
+    def member_promote(self, member_id: int) -> list[Member]:
+        """Cluster.MemberPromote (a learner becomes a voting member); the members."""
+        req = pb.MemberPromoteRequest(ID=member_id)
+        r = self._call(
+            lambda s, md, t: s.cluster.MemberPromote(req, timeout=t, metadata=md),
+            idempotent=False,
+        )
+        return [Member.from_pb(m) for m in r.members]
+
+    def defragment(self, endpoint: str | None = None, *, timeout: float | None = 60.0) -> None:
+        """Maintenance.Defragment of ``endpoint`` (default: the current one; no failover)."""
+        target = parse_endpoints(endpoint)[0][0] if endpoint else self.current_endpoint
+        self._call(
+            lambda s, md, t: s.maintenance.Defragment(
+                pb.DefragmentRequest(), timeout=t, metadata=md
+            ),
+            idempotent=True, pinned=target, timeout=timeout, use_default_timeout=False,
+        )  # fmt: skip
+
+    def move_leader(self, target_id: int, endpoint: str | None = None) -> ResponseHeader:
+        """Maintenance.MoveLeader to member ``target_id``; ``endpoint`` must be the leader's."""
+        target = parse_endpoints(endpoint)[0][0] if endpoint else self.current_endpoint
+        req = pb.MoveLeaderRequest(targetID=target_id)
+        r = self._call(
+            lambda s, md, t: s.maintenance.MoveLeader(req, timeout=t, metadata=md),
+            idempotent=False, pinned=target,
+        )  # fmt: skip
+        return ResponseHeader.from_pb(r.header)
+
+    def snapshot(self, endpoint: str | None = None) -> Iterator[bytes]:
+        """Maintenance.Snapshot of ``endpoint`` (default: the current one), chunk by chunk:
+        the bytes ``etcdctl snapshot save`` writes (etcd's db file and its SHA-256)."""
+        target = parse_endpoints(endpoint)[0][0] if endpoint else self.current_endpoint
+        ep = self._endpoint(target)
+        try:
+            stream = ep.maintenance.Snapshot(pb.SnapshotRequest(), metadata=self._metadata(ep))
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, target) from exc
+        try:
+            for resp in stream:
+                if resp.blob:
+                    yield resp.blob
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, target) from exc
+        finally:
+            stream.cancel()
+
 
 def _alarm_call(req: pb.AlarmRequest) -> Invoke[Any]:
     return lambda s, md, t: s.maintenance.Alarm(req, timeout=t, metadata=md)

@@ -38,7 +38,8 @@ def test_logged_in_user_sees_endpoints(client: Client, user: User, settings: Set
     body = response.content.decode()
     for endpoint in ENDPOINTS:
         assert endpoint in body
-    assert "not built yet" in body
+    for page in ("/keys/", "/watch/", "/services/", "/cluster/"):
+        assert f'href="{page}"' in body
 
 
 def test_login_form_logs_in_and_logout_works(client: Client, user: User) -> None:
