@@ -88,7 +88,8 @@ async def serve(cfg: MemberConfig) -> int:
         log.info("this member was removed from the cluster")
     log.info("stopping: finishing in-flight requests")
     await http.stop()
-    await server.stop(grace=2.0)
+    # a failed member answers nothing more: no grace for requests in flight
+    await server.stop(grace=0 if member.failed.is_set() else 2.0)
     for close in closers:
         await close()
     await member.stop()

@@ -40,6 +40,7 @@ from typing import Protocol, TypeVar
 
 from crc32c import crc32c
 
+from cluster import faults
 from cluster.storage.backend import Backend, BackendQuotaError
 
 from .errors import (
@@ -493,6 +494,8 @@ class KVStore:
 
         def run() -> KeyValueHash:
             self._batch.put(META_BUCKET, SCHEDULED_COMPACT_KEY, Revision(rev).to_bytes())
+            if faults.CRASH:
+                faults.crash_point("compact-mid")
             self._compact_rev = rev
             return self._compact_physically(rev, prev)
 

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from google.protobuf.message import DecodeError
 
+from cluster import faults
 from cluster.auth import AuthStore
 from cluster.config import URL, ConfigError, MemberConfig, compute_member_id, parse_url
 from cluster.lease import EXPIRY_CHECK_INTERVAL, Lessor
@@ -295,6 +296,7 @@ class Member:
         A request that adds data is refused first if it would take the backend to its
         quota (etcd's quota check); this member then raises the NOSPACE alarm.
         """
+        self._check_serving()
         added = quota_cost(request)
         if added and self._backend_size() + added >= self.cfg.quota_backend_bytes:
             self._raise_nospace()
@@ -391,6 +393,7 @@ class Member:
     async def read(self, request: pb.RangeRequest) -> pb.RangeResponse:
         if not request.serializable:
             await self.linearizable_barrier()
+        self._check_serving()
         response = kvconv.do_range(self.kv, request)
         self.fill_header(response.header)
         return response
@@ -441,6 +444,11 @@ class Member:
                 self.backend.commit_if_due(now)
             except BackendQuotaError as exc:
                 self._fail(f"backend: {self.backend.path} is full ({exc})")
+                return
+            except Exception as exc:  # e.g. lmdb.Error (I/O error, disk full) in the commit
+                # The batch is gone: going on would move the consistent index past entries
+                # that are not in the backend. Stop; a restart replays them from the WAL.
+                self._fail(f"backend: commit of {self.backend.path} failed: {exc}")
                 return
             self._auto_compact(now)
             self._lease_duties(now)
@@ -538,6 +546,20 @@ class Member:
         log.critical("%s", reason)
         self.failure = reason
         self.failed.set()
+        # Requests still waiting on this member must not be answered from state the backend
+        # no longer holds (etcd treats a failed backend commit as fatal): fail them now.
+        waiting: list[asyncio.Future[object] | asyncio.Future[int]] = [
+            *self._waiting.values(),
+            *self._reads.values(),
+        ]
+        for fut in waiting:
+            if not fut.done():
+                fut.set_exception(RequestError(*kvconv.ERR_STOPPED))
+
+    def _check_serving(self) -> None:
+        """Refuse to answer once the member has failed (see ``_fail``)."""
+        if self.failed.is_set():
+            raise RequestError(*kvconv.ERR_STOPPED)
 
     def _handle(self, rd: Ready) -> None:
         if rd.snapshot is not None:
@@ -660,6 +682,8 @@ class Member:
         self.backend.batch().abort()  # whatever it held is superseded by the image
         self.backend.close()
         install_snapshot(path, chunks, member_ids=(self.id, self.cluster_id))
+        if faults.CRASH:
+            faults.crash_point("snapshot-apply")
         self.backend = Backend(path, quota_bytes=hard_limit(self.cfg.quota_backend_bytes))
         self.backend.on_commit = self.metrics.backend_commit.observe
         self.applier.reset(self.backend)

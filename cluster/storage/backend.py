@@ -35,6 +35,8 @@ from typing import IO
 
 import lmdb
 
+from cluster import faults
+
 from .codec import (
     CodecError,
     decode_index_term,
@@ -225,10 +227,14 @@ class BatchTx:
         lost, self.pending = self.pending, 0
         self.pending_bytes = 0
         began = time.perf_counter()
+        if faults.CRASH:
+            faults.crash_point("backend-before-commit")
         try:
             txn.commit()
         except lmdb.MapFullError as exc:
             raise BackendQuotaError(lost) from exc
+        if faults.CRASH:
+            faults.crash_point("backend-after-commit")
         if self._backend.on_commit is not None:
             self._backend.on_commit(time.perf_counter() - began)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from cluster import faults
 from cluster.raft import NONE, ConfState, HardState, MemoryStorage, Ready, Snapshot, bootstrap
 
 from .backend import DataDirMismatchError
@@ -93,7 +94,11 @@ class RaftLogStore:
         """Make ``rd``'s snapshot, entries and hard state durable, then visible to Raft."""
         if rd.snapshot is not None:
             self._save_snapshot_files(rd.snapshot, replaces_log=True)
+        if faults.CRASH:
+            faults.crash_point("wal-before-save")
         self.wal.save(rd.hard_state, rd.entries, sync=rd.must_sync or rd.snapshot is not None)
+        if faults.CRASH:
+            faults.crash_point("wal-after-save")
         if rd.snapshot is not None:
             self.storage.apply_snapshot(rd.snapshot)
         if rd.entries:
@@ -125,6 +130,8 @@ class RaftLogStore:
         # The file first, then the WAL marker: recovery only trusts snapshots
         # the WAL knows of, so a crash between the two is harmless.
         self.snapshotter.save(snap)
+        if faults.CRASH:
+            faults.crash_point("snapshot-save")
         meta = snap.metadata
         self.wal.save_snapshot(WalSnapshot(meta.index, meta.term, replaces_log))
 
@@ -153,7 +160,7 @@ def open_raft_log(
     With ids given, a data dir written by another member or cluster is refused;
     a new data dir needs both.
     """
-    fs = fs or OsFileSystem()
+    fs = fs or faults.file_system()  # ETCD_PY_POWER_LOSS: the power-loss one
     retention = retention or Retention()
     paths = MemberPaths(data_dir)
     fs.makedirs(paths.snap_dir)

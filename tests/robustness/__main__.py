@@ -1,9 +1,11 @@
 """``python -m tests.robustness [--runs N] [--seed S]``: seeded runs and a table of results.
 
-Seeds S, S+1, ... S+N-1 (the seed picks the fault: seed % 4 is kill_follower, kill_leader,
-stop_leader, partition). Exits 1 if any run failed; each failed run's report, history and
-logs are under tests/artifacts/robustness/<seed>/ (``--keep`` writes them for passing runs
-too; ``--recheck DIR`` runs the checkers again on such a directory).
+Seeds S, S+1, ... S+N-1 (the seed picks the fault: seed % 9 is kill_follower, kill_leader,
+stop_leader, partition, crash_point, power_loss, partition_snapshot, delay_drop, disk_full;
+disk_full is skipped where a tmpfs cannot be mounted in a private mount namespace). Exits 1 if
+any run failed; each failed run's report, history and logs are under
+tests/artifacts/robustness/<seed>/ (``--keep`` writes them for passing runs too; ``--recheck
+DIR`` runs the checkers again on such a directory).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .harness import ARTIFACTS, RunConfig, RunResult, recheck, run, table
+from .harness import ARTIFACTS, RunConfig, RunResult, recheck, run, table, verdict
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = RunConfig(seed, args.duration, args.clients, keep=args.keep)
         result = run(cfg)
         results.append(result)
-        verdict = "pass" if result.passed else f"FAIL, see {result.artifact_dir}/report.txt"
-        print(f"seed {seed}: {result.plan}: {verdict} ({result.seconds:.1f} s)", flush=True)
+        said = verdict(result) if result.passed else f"FAIL, see {result.artifact_dir}/report.txt"
+        print(f"seed {seed}: {result.plan}: {said} ({result.seconds:.1f} s)", flush=True)
         if not result.passed:
             print(result.report(cfg), flush=True)
     print()

@@ -2,16 +2,18 @@
 
 ``run(RunConfig(seed=N))`` starts the members (``tests.e2e.procs.Cluster``, with small
 snapshot settings so snapshots, WAL release and backend transfer to a follower happen), one
-watcher per member from revision 1 and ``clients_per_member`` clients on each member, injects
-the seed's fault (``faults.FaultPlan``), stops the traffic after ``duration`` seconds, waits
-for the cluster to heal, then checks:
+watcher per member from revision 1, ``clients_per_member`` clients on each member and
+``LOCKERS`` lock clients, injects the seed's fault (``faults.FaultPlan``), stops the traffic
+after ``duration`` seconds, waits for the cluster to heal, then checks:
 
 1. linearizability of the KV history (``checker``);
 2. revisions and the final history, read from every member (``revisions``), including
    acknowledged writes lost, and a few Range-at-revision reads against it;
-3. convergence (``Cluster.converged``: revision, applied index and HashKV agree);
-4. each watcher received the final history exactly.
+3. the lock (one holder at a time, fenced writes) and lease expiry (never early) (``locks``);
+4. convergence (``Cluster.converged``: revision, applied index and HashKV agree);
+5. each watcher received the final history exactly.
 
+A ``compact-mid`` crash point run then compacts, and checks every member compacted alike.
 A failing run (or any with ``keep``) leaves ``tests/artifacts/robustness/<seed>/``: the history
 (``history.jsonl``), the final history, what each watcher got, the fault timeline, the members'
 logs, ``report.txt`` and the command that replays the seed.
@@ -30,10 +32,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.procs import ROOT, Cluster, free_ports
+import grpc
+import grpc.aio
+
+from tests.e2e.procs import ROOT, Cluster, Proc, free_ports
 
 from . import checker
-from .faults import FaultPlan, ProxyControl, Timeline, find_leader, inject, wait_serving
+from .faults import (
+    SNAPSHOT_SOON,
+    FaultPlan,
+    Injection,
+    ProxyControl,
+    SmallDisk,
+    SmallDiskProc,
+    Timeline,
+    compaction_phase,
+    find_leader,
+    inject,
+    small_disk_unavailable,
+    wait_serving,
+)
 from .history import (
     FAIL,
     KV,
@@ -45,10 +63,23 @@ from .history import (
     save_history,
     write_jsonl,
 )
+from .locks import LockReport, check_locks
 from .revisions import Event, FinalHistory, HistoryReport, check_history, check_watch, state_at
-from .traffic import KEYS, Client, Recorder, Watcher, fetch_history, range_all, status, to_kv
+from .traffic import (
+    KEYS,
+    Client,
+    Filler,
+    Locker,
+    Recorder,
+    Watcher,
+    fetch_history,
+    range_all,
+    status,
+    to_kv,
+)
 
 ARTIFACTS = ROOT / "tests" / "artifacts" / "robustness"
+LOCKERS = 2  # clients taking the lock (``traffic.Locker``), on as many members
 
 
 @dataclass
@@ -88,9 +119,15 @@ class RunResult:
     seconds: float = 0.0
     revision: int = 0
     artifact_dir: Path | None = None
+    locks: LockReport = field(default_factory=LockReport)
+    injected: bool = False  # the fault happened as planned (e.g. its crash point was reached)
+    skipped: str = ""  # why the run could not be made here (disk_full without unshare)
 
     @property
     def passed(self) -> bool:
+        """No check failed (a skipped run fails none)."""
+        if self.skipped:
+            return True
         return (
             self.linearizable is True
             and self.history.ok
@@ -100,14 +137,18 @@ class RunResult:
         )
 
     def report(self, cfg: RunConfig) -> str:
+        if self.skipped:
+            return f"seed {self.seed}: SKIPPED ({self.plan}): {self.skipped}"
         lines = [
             f"seed {self.seed}: {'PASSED' if self.passed else 'FAILED'}",
-            f"fault: {self.plan}",
+            f"fault: {self.plan}" + ("" if self.injected else " (NOT injected as planned)"),
             f"operations: {self.ops} {self.by_status}; checked for linearizability: "
             f"{self.checked_ops}",
             f"final revision: {self.revision}",
             f"linearizable: {_yes_no(self.linearizable)}",
             f"acknowledged writes: {self.history.acknowledged}, lost: {self.history.lost}",
+            f"locks granted: {self.locks.granted}, fenced writes: {self.locks.fenced}, "
+            f"expired by their lease: {self.locks.expired}",
             f"watch checks passed: {self.watches_passed}/{self.watches}",
             f"converged (HashKV): {self.converged}",
             f"replay: {cfg.replay_command()}",
@@ -158,6 +199,9 @@ def run(cfg: RunConfig) -> RunResult:
 
 async def _run(cfg: RunConfig) -> RunResult:
     started = time.monotonic()
+    plan = FaultPlan.choose(cfg.seed, random.Random(cfg.seed), cfg.duration)
+    if plan.kind == "disk_full" and (why := small_disk_unavailable()):
+        return RunResult(cfg.seed, plan.kind, plan.describe(), skipped=why)
     run = _Run(cfg)
     try:
         await run.start()
@@ -172,6 +216,8 @@ async def _run(cfg: RunConfig) -> RunResult:
     finally:
         await run.stop()
     result = run.result
+    result.injected = run.injection.injected
+    result.problems += run.injection.problems
     _check(cfg, result, run.rec.ops, run.final, run.watchers)
     if run.rec.unexpected:
         result.problems.append(
@@ -201,21 +247,49 @@ class _Run:
             "--snapshot-count", str(self.rng.choice([25, 100, 400])),
             "--experimental-snapshot-catchup-entries", str(self.rng.choice([10, 50, 5000])),
         ]  # fmt: skip
+        if self.plan.snapshots_soon:
+            self.settings = list(SNAPSHOT_SOON)
         self.cluster, routes = make_cluster(
-            self.tmp, self.settings, self.plan.kind == "partition", cfg.member_env
+            self.tmp, self.settings, self.plan.proxied, {**cfg.member_env, **self.plan.member_env}
         )
-        self.proxy = ProxyControl(routes, self.tmp / "proxy.log") if routes else None
+        self.proxy = ProxyControl(routes, self.tmp / "proxy.log", cfg.seed) if routes else None
         self.rec = Recorder(time.monotonic())
         self.timeline = Timeline(self.rec)
+        self.injection = Injection(self.cluster.members, self.timeline, self.rng, self.proxy)
+        self.disk: SmallDisk | None = None
+        if self.plan.kind == "disk_full":
+            self._small_disk(self.plan.disk_member)
         self.watchers: list[Watcher] = []
         self.clients: list[Client] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.final: FinalHistory | None = None
 
+    def _small_disk(self, i: int) -> None:
+        """Member ``i``'s data dir on a small tmpfs (``SmallDisk``), filled by big puts."""
+        m = self.cluster.members[i]
+        self.disk = SmallDisk(m.data_dir, self.plan.disk_mb)
+        small = SmallDiskProc(
+            m.name, m.client, m.peer, m.data_dir, m.log, args=m.args, env=m.env, disk=self.disk
+        )
+        self.cluster.members[i] = small
+        self.injection.disk = self.disk
+        self.injection.spare_dir = self.tmp / f"{m.name}-big-disk"
+        self.injection.fill = self._fill
+
+    async def _fill(self, m: Proc, stop: asyncio.Event) -> int:
+        cid = 1000 + len(self.clients)
+        filler = Filler(cid, m.name, m.endpoint, self.rec, random.Random(cid), deadline=3.0)
+        try:
+            return await filler.fill(stop, size=256 * 1024, limit=100)
+        finally:
+            await filler.close()
+
     async def start(self) -> None:
         """Start the proxies and members; wait for a leader and for every member to serve."""
         if self.proxy is not None:
             await self.proxy.start()
+        if self.disk is not None:
+            self.disk.start()
         members = self.cluster.members
         self.cluster.start()
         self.timeline.note(
@@ -252,8 +326,13 @@ class _Run:
                 # a member frozen or cut off answers once it is back.
                 deadline = crng.choice([1.0, 2.0, 2.0, 6.0])
                 self.clients.append(Client(cid, m.name, m.endpoint, rec, crng, deadline=deadline))
+        for m in random.Random(f"lockers {cfg.seed}").sample(members, LOCKERS):
+            cid = len(self.clients)
+            crng = random.Random(cfg.seed * 1000 + cid)
+            self.clients.append(Locker(cid, m.name, m.endpoint, rec, crng, deadline=2.0))
         loop = asyncio.get_running_loop()
-        fault = loop.create_task(inject(self.plan, members, self.timeline, self.rng, self.proxy))
+        self.injection.traffic_end = cfg.duration
+        fault = loop.create_task(inject(self.plan, self.injection))
         late = loop.create_task(_late_watchers(self))
         self.tasks = [fault, late]
         async with asyncio.timeout(cfg.duration + 60):
@@ -278,6 +357,35 @@ class _Run:
             result.converged = True
         except AssertionError as exc:
             result.problems.append(f"not converged: {exc}")
+        if self.injection.armed is not None:
+            await self._compaction()
+
+    async def _compaction(self) -> None:
+        """compact-mid: compact at the final revision; the armed member dies applying it and
+        is restarted; then every member must have compacted there, alike."""
+        armed, result, final = self.injection.armed, self.result, self.final
+        assert armed is not None and final is not None
+        other = next(m for m in self.cluster.members if m is not armed)
+        await compaction_phase(self.injection, final.revision, other.endpoint)
+        try:
+            await asyncio.to_thread(self.cluster.converged, None, 15)
+        except AssertionError as exc:
+            result.converged = False
+            result.problems.append(f"not converged after the compaction: {exc}")
+        want = {k: v for k, v in state_at(final, final.revision, KEYS).items() if v is not None}
+        for m in self.cluster.members:
+            if final.revision > 1:
+                try:
+                    await range_all(m.endpoint, final.revision - 1, serializable=True)
+                    result.problems.append(f"{m.name} did not compact at {final.revision}")
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.OUT_OF_RANGE:
+                        result.problems.append(f"{m.name}: range below the compaction: {exc!r}")
+            got = await range_all(m.endpoint, final.revision, serializable=True)
+            if {kv.key.decode(): to_kv(kv) for kv in got.kvs} != want:
+                result.problems.append(
+                    f"{m.name}'s store after the compaction is not the history's"
+                )
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -289,6 +397,8 @@ class _Run:
         self.cluster.stop()
         if self.proxy is not None:
             await self.proxy.stop()
+        if self.disk is not None:
+            self.disk.stop()
 
 
 async def _late_watchers(run: _Run) -> None:
@@ -368,6 +478,8 @@ def _check(
         result.watches = len(watchers)
         return
     result.history = check_history(ops, final, KEYS)
+    result.locks = check_locks(ops, final)
+    result.history.violations += result.locks.violations
     result.watches = len(watchers)
     for w in watchers:
         problems = w.problems + check_watch(w.name, w.events, final, w.start_rev)
@@ -439,6 +551,12 @@ def recheck(directory: Path, budget: int = checker.DEFAULT_BUDGET) -> str:
     events = [_event_from(raw) for raw in read_jsonl(directory / "final_history.jsonl")]
     final = FinalHistory(events, meta["revision"], with_prev=True)
     report = check_history(ops, final, KEYS)
+    locks = check_locks(ops, final)
+    report.violations += locks.violations
+    lines.append(
+        f"locks granted: {locks.granted}, fenced writes: {locks.fenced}, "
+        f"expired by their lease: {locks.expired}"
+    )
     lines.append(
         f"acknowledged writes: {report.acknowledged}, lost: {report.lost}; "
         f"violations: {len(report.violations)}"
@@ -451,38 +569,58 @@ def recheck(directory: Path, budget: int = checker.DEFAULT_BUDGET) -> str:
     return "\n".join(lines)
 
 
+def verdict(r: RunResult) -> str:
+    """One run's result in a few words."""
+    if r.skipped:
+        return f"skipped: {r.skipped}"
+    if not r.passed:
+        return f"FAIL {r.artifact_dir or ''}"
+    return "pass" if r.injected else "pass (fault NOT injected as planned)"
+
+
 def table(results: list[RunResult]) -> str:
     """The per-run table and the totals."""
     head = (
-        f"{'seed':>5} {'fault':<14} {'ops':>5} {'ok':>5} {'unk':>4} {'fail':>4} "
+        f"{'seed':>5} {'fault':<18} {'ops':>5} {'ok':>5} {'unk':>4} {'fail':>4} "
         f"{'checked':>7} {'lin':>4} {'hist':>4} {'watch':>5} {'lost':>4} {'conv':>4} "
         f"{'secs':>5}  result"
     )
     rows = [head, "-" * len(head)]
     for r in results:
+        if r.skipped:
+            rows.append(f"{r.seed:>5} {r.fault:<18}".ljust(head.index("result")) + verdict(r))
+            continue
         rows.append(
-            f"{r.seed:>5} {r.fault:<14} {r.ops:>5} {r.by_status.get(OK, 0):>5} "
+            f"{r.seed:>5} {r.fault:<18} {r.ops:>5} {r.by_status.get(OK, 0):>5} "
             f"{r.by_status.get(UNKNOWN, 0):>4} {r.by_status.get(FAIL, 0):>4} "
             f"{r.checked_ops:>7} {_yes_no(r.linearizable)[:4]:>4} "
             f"{'ok' if r.history.ok else 'BAD':>4} {r.watches_passed}/{r.watches:<3} "
             f"{r.history.lost:>4} {'yes' if r.converged else 'no':>4} {r.seconds:>5.1f}  "
-            f"{'pass' if r.passed else 'FAIL ' + str(r.artifact_dir or '')}"
+            f"{verdict(r)}"
         )
     faults: dict[str, int] = {}
     for r in results:
         faults[r.fault] = faults.get(r.fault, 0) + 1
-    lin_yes = sum(r.linearizable is True for r in results)
-    lin_no = sum(r.linearizable is False for r in results)
+    done = [r for r in results if not r.skipped]
+    lin_yes = sum(r.linearizable is True for r in done)
+    lin_no = sum(r.linearizable is False for r in done)
+    skipped = len(results) - len(done)
     rows += [
         "",
-        f"runs: {len(results)} ({sum(r.passed for r in results)} passed)",
+        f"runs: {len(results)} ({sum(r.passed for r in done)} passed"
+        + (f", {skipped} skipped" if skipped else "")
+        + f"); faults injected as planned: {sum(r.injected for r in done)} of {len(done)}",
         "faults: " + ", ".join(f"{k} {v}" for k, v in sorted(faults.items())),
-        f"operations: {sum(r.ops for r in results)}, checked for linearizability: "
-        f"{sum(r.checked_ops for r in results)}",
-        f"linearizable: yes {lin_yes}, no {lin_no}, inconclusive {len(results) - lin_yes - lin_no}",
-        f"watch checks passed: {sum(r.watches_passed for r in results)}/"
-        f"{sum(r.watches for r in results)}",
-        f"acknowledged writes lost: {sum(r.history.lost for r in results)} "
-        f"(of {sum(r.history.acknowledged for r in results)})",
+        f"operations: {sum(r.ops for r in done)}, checked for linearizability: "
+        f"{sum(r.checked_ops for r in done)}",
+        f"linearizable: yes {lin_yes}, no {lin_no}, inconclusive {len(done) - lin_yes - lin_no}",
+        f"watch checks passed: {sum(r.watches_passed for r in done)}/"
+        f"{sum(r.watches for r in done)}",
+        f"acknowledged writes lost: {sum(r.history.lost for r in done)} "
+        f"(of {sum(r.history.acknowledged for r in done)})",
+        f"locks granted: {sum(r.locks.granted for r in done)}, fenced writes: "
+        f"{sum(r.locks.fenced for r in done)}, lock keys expired by their lease: "
+        f"{sum(r.locks.expired for r in done)} (each checked: one holder at a time, "
+        "no lease expired early)",
     ]
     return "\n".join(rows)

@@ -22,11 +22,19 @@ OK: Status = "ok"
 FAIL: Status = "fail"
 UNKNOWN: Status = "unknown"
 
-# Operation kinds. ``sget`` is a serializable get (not checked for linearizability).
+# Operation kinds. ``sget`` is a serializable get (not checked for linearizability). The
+# lock traffic's (``traffic.Locker``, checked by ``locks``): ``lock`` (v3lock Lock; its key is
+# the ownership key it answered), ``unlock``, ``fenced`` (a put of ``FENCED_KEY`` in a txn
+# that holds only while the ownership key ``holder`` exists).
 PUT, GET, SGET, RANGE, DELETE, TXN, REVOKE, GRANT = (
     "put", "get", "sget", "range", "delete", "txn", "revoke", "grant",
 )  # fmt: skip
-KINDS = (PUT, GET, SGET, RANGE, DELETE, TXN, REVOKE, GRANT)
+LOCK, UNLOCK, FENCED = "lock", "unlock", "fenced"
+KINDS = (PUT, GET, SGET, RANGE, DELETE, TXN, REVOKE, GRANT, LOCK, UNLOCK, FENCED)
+
+LOCK_NAME = "/rb/lock"  # the lock's name: its ownership keys are LOCK_NAME/<lease in hex>
+LOCK_PREFIX = LOCK_NAME + "/"
+FENCED_KEY = "/rb/lockdata"  # written only by lock holders, fenced by their ownership key
 
 
 @dataclass(frozen=True)
@@ -75,10 +83,12 @@ class Op:
     deleted: int | None = None
     succeeded: bool | None = None
     not_found: bool = False
+    holder: str | None = None  # fenced: the ownership key the write is fenced on
+    ttl: int = 0  # grant: the TTL the lease was granted with
 
     @property
     def is_write(self) -> bool:
-        return self.kind in (PUT, DELETE, TXN, REVOKE)
+        return self.kind in (PUT, DELETE, TXN, REVOKE, FENCED)
 
     def wrote(self) -> bool:
         """An ``ok`` request that created a new revision (for the revision checks)."""
@@ -86,7 +96,7 @@ class Op:
             return False
         if self.kind == PUT:
             return True
-        if self.kind == TXN:
+        if self.kind in (TXN, FENCED):
             return bool(self.succeeded)
         if self.kind == DELETE:
             return bool(self.deleted)
@@ -94,7 +104,7 @@ class Op:
 
     def written_value(self) -> str | None:
         """The value this request writes if it takes effect (put, txn success branch)."""
-        return self.value if self.kind in (PUT, TXN) else None
+        return self.value if self.kind in (PUT, TXN, FENCED) else None
 
     def describe(self) -> str:
         args = [self.kind]
@@ -106,6 +116,10 @@ class Op:
             args.append(f"lease={self.lease:x}")
         if self.cmp_mod is not None:
             args.append(f"if mod=={self.cmp_mod}")
+        if self.holder is not None:
+            args.append(f"if {self.holder} exists")
+        if self.ttl:
+            args.append(f"ttl={self.ttl}")
         res = f"{self.status}"
         if self.status == OK:
             parts = [f"rev={self.revision}"]

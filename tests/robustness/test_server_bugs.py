@@ -7,23 +7,53 @@ an entry its previous life proposed that it only applies after the restart answe
 new request drew the same number: a client is told its write succeeded at another write's
 revision. etcd draws request ids from ``idutil.Generator`` (member id + a counter starting at
 the current time in ms), unique across restarts.
+
+A failed backend commit in the tick loop was not reported (``disk_full`` found it; fixed): the
+tick loop (``Member._tick_loop``) commits the backend batch when it is due and catches only
+``BackendQuotaError`` (LMDB's MDB_MAP_FULL). On a full disk LMDB's commit fails with
+``lmdb.Error`` ("mdb_txn_commit: Input/output error"): the exception ends the tick task,
+nothing sets ``member.failed``, and the member carries on without ticks (no heartbeats,
+elections, lease expiry or batch commits by age), its failed batch's writes gone from the
+backend while later batches move the consistent index past them. When it is stopped,
+``Member.stop`` re-raises that exception (``await task``), so the process ends with a
+traceback and without closing its WAL or backend, rather than etcd's one line.
+
+After a failed backend commit a member answered from an index ahead of its backend (``disk_full``
+found it; fixed): ``BatchTx.commit`` (``cluster/storage/backend.py``) detaches the batch before
+``txn.commit()``, so when the commit fails the batch's writes are gone from the backend but
+not from the MVCC index (``KVStore``) or ``current_revision``. The Raft loop fails
+(``member.failed``) and ``cli.serve`` stops the gRPC server with a 2 s grace, during which the
+requests in flight still read through that index: a read of a key last written in the lost
+batch answers ``DATA_LOSS: etcdserver: mvcc: revision N is missing`` (seen in a run: a v3lock
+Lock in flight on the member whose disk filled up). etcd treats a failed backend commit as
+fatal and serves nothing more.
+
+The fixes: the tick loop stops the member on any failed commit (``Member._fail``), which also
+fails every request still waiting on it; reads and writes check the member has not failed
+before answering; and ``cli.serve`` gives no grace to requests in flight on a failed member.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import sys
 from pathlib import Path
 
 import grpc
+import lmdb
 import pytest
 
+from cluster.mvcc.store import KVStore
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from cluster.storage.backend import Backend
 from tests.e2e.procs import Proc
 from tests.robustness.faults import ProxyControl, find_leader, wait_serving
 from tests.robustness.harness import make_cluster
 from tests.robustness.traffic import channel, status
+from tests.unit.server.live import start_member
 
 pytestmark = pytest.mark.etcdctl
 
@@ -133,3 +163,111 @@ async def test_a_restarted_member_never_answers_a_request_with_an_older_entrys_r
     finally:
         cluster.stop()
         await proxy.stop()
+
+
+async def test_a_failed_backend_commit_in_the_tick_loop_stops_the_member(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tick loop's commit fails as LMDB's does on a full disk (the batch is gone); the
+    member must stop. It goes on instead, and a later commit records the lost batch's entry
+    as applied: an acknowledged write is lost for good (a restart replays only later ones)."""
+    live = await start_member(tmp_path / "m0")
+    member = live.member
+    backend = member.backend
+    problems: list[str] = []
+    try:
+        await live.wait_leader()
+        backend.batch_interval = 3600.0  # no commit by age: the tick loop's below is the next
+        resp = await live.kv.Put(pb.PutRequest(key=b"lost", value=b"1"), timeout=5)
+        lost_index = member.applied_index
+        real = backend.commit_if_due
+
+        def commit_if_due(now: float) -> bool:
+            batch = backend.batch()
+            if sys._getframe(1).f_code.co_name != "_tick_loop" or not batch.active:
+                return real(now)
+            # As BatchTx.commit when mdb_txn_commit fails: the batch is detached, then lost.
+            txn = batch._txn
+            assert txn is not None
+            batch._txn, batch.pending, batch.pending_bytes = None, 0, 0
+            txn.abort()
+            raise lmdb.Error("mdb_txn_commit: Input/output error")
+
+        monkeypatch.setattr(backend, "commit_if_due", commit_if_due)
+        for _ in range(100):
+            if member.failed.is_set() or member._tasks[0].done():
+                break
+            await asyncio.sleep(0.01)
+        monkeypatch.undo()
+        backend.batch_interval = 0.0  # the disk has room again: the next apply commits
+        if not member.failed.is_set():
+            await live.kv.Put(pb.PutRequest(key=b"kept", value=b"2"), timeout=5)
+        tick = member._tasks[0]
+        if not member.failed.is_set():
+            problems.append(
+                f"the member did not fail: it acknowledged /lost at revision "
+                f"{resp.header.revision} and goes on serving without its tick loop (ended by "
+                f"{tick.exception() if tick.done() else None!r})"
+            )
+    finally:
+        monkeypatch.undo()
+        try:
+            await live.stop()
+        except Exception as exc:  # the bug: stop re-raises the tick loop's exception
+            problems.append(f"Member.stop raised {exc!r} (the WAL and backend were not closed)")
+            backend.close()
+            member.log_store.close()
+    with Backend(backend.path) as reopened:
+        index, _ = reopened.consistent_index()
+        on_disk = KVStore(reopened).range(b"lost").kvs
+    if not on_disk and index >= lost_index:
+        problems.append(
+            f"the backend's consistent index {index} says entry {lost_index} (put /lost, "
+            "acknowledged) was applied, but /lost is not in it: a restart never replays it"
+        )
+    assert not problems, "\n".join(problems)
+
+
+async def test_after_a_failed_backend_commit_no_read_sees_the_lost_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = await start_member(tmp_path / "m0")
+    member = live.member
+    backend = member.backend
+    try:
+        await live.wait_leader()
+        backend.batch_interval = 3600.0  # no commit by age: the Raft loop's below is the next
+        await live.kv.Put(pb.PutRequest(key=b"k", value=b"v1"), timeout=5)
+        real = backend.commit_if_due
+
+        def commit_if_due(now: float) -> bool:
+            batch = backend.batch()
+            if sys._getframe(1).f_code.co_name != "_after_apply" or not batch.active:
+                return real(now)
+            # As BatchTx.commit when mdb_txn_commit fails: the batch is detached, then lost.
+            txn = batch._txn
+            assert txn is not None
+            batch._txn, batch.pending, batch.pending_bytes = None, 0, 0
+            txn.abort()
+            raise lmdb.Error("mdb_txn_commit: Input/output error")
+
+        monkeypatch.setattr(backend, "commit_if_due", commit_if_due)
+        backend.batch_interval = 0.0
+        with contextlib.suppress(grpc.aio.AioRpcError):  # its Ready makes the Raft loop commit
+            await live.kv.Put(pb.PutRequest(key=b"k2", value=b"v2"), timeout=1)
+        for _ in range(100):
+            if member.failed.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert member.failed.is_set()  # the Raft loop stopped on the failed commit
+        # A request still in flight (cli.serve gives them 2 s) reads /k:
+        try:
+            got = await live.kv.Range(pb.RangeRequest(key=b"k", serializable=True), timeout=5)
+            answer = f"{got.kvs[0].value!r}" if got.kvs else "absent"
+        except grpc.aio.AioRpcError as err:
+            answer = f"{err.code().name}: {err.details()}"
+        assert "DATA_LOSS" not in answer, f"a read of /k answered {answer}"
+    finally:
+        monkeypatch.undo()
+        with contextlib.suppress(Exception):
+            await live.stop()

@@ -4,7 +4,8 @@ Each ``Client`` is one asyncio task with its own channel pinned to one member, o
 time: puts (some with prev_kv, some with a lease), linearizable and serializable gets, ranges
 over every key, deletes, compare-and-set txns on mod_revision, lease grants and revokes, over
 a few keys so that requests conflict. Every request is recorded (``history.Op``) with its
-invocation and return times and one of three outcomes (see ``classify``).
+invocation and return times and one of three outcomes (see ``classify``). A ``Locker`` takes a
+v3lock lock and writes under it; a ``Filler`` fills a disk with big values (``disk_full``).
 
 Each ``Watcher`` watches every key from revision 1 on one member and, when its stream breaks
 (the member died), opens a new one on the same member from its last revision + 1.
@@ -25,13 +26,19 @@ import grpc.aio
 
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from cluster.proto.v3lockpb import v3lock_pb2 as lockpb
+from cluster.proto.v3lockpb import v3lock_pb2_grpc as lock_grpc
 
 from .history import (
     DELETE,
     FAIL,
+    FENCED,
+    FENCED_KEY,
     GET,
     GRANT,
     KV,
+    LOCK,
+    LOCK_NAME,
     OK,
     PUT,
     RANGE,
@@ -39,15 +46,21 @@ from .history import (
     SGET,
     TXN,
     UNKNOWN,
+    UNLOCK,
     Op,
     Status,
 )
 from .revisions import Event
 
-PREFIX = "/rb/"
+PREFIX = "/rb/"  # every key of the traffic (watched, and read back as the final history)
 RANGE_END = "/rb0"  # PREFIX with its last byte + 1
-KEYS = [f"{PREFIX}k{i}" for i in range(10)]
+KEYS = [f"{PREFIX}k{i}" for i in range(10)]  # the KV traffic's (the lock's are beside them)
+KEYS_START, KEYS_END = f"{PREFIX}k", f"{PREFIX}l"  # a range over KEYS alone
 LEASE_TTL = 120  # long enough never to expire during a run: expiry is not modelled
+LOCK_TTL = 10  # the lockers' leases (never kept alive)
+FORGET = 0.1  # the share of holdings a locker leaves to expire instead of unlocking ...
+FORGET_TTL = 2  # ... whose lease is short (a waiter's longer lease outlives it: ``locks``)
+LOCK_WAIT = 6.0  # seconds a locker waits for the lock
 
 # Reconnect quickly to a restarted member (gRPC's default back-off grows to 2 minutes).
 CHANNEL_OPTIONS = [
@@ -55,6 +68,7 @@ CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 500),
     ("grpc.enable_retries", 0),
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),  # disk_full's big values
 ]
 
 # (kind, weight); a lease put needs a lease, granted first (a ``grant`` op) when missing.
@@ -68,8 +82,20 @@ def channel(endpoint: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
 
 
+SHORT = 64  # values longer than this (the disk filler's) are recorded by their head and size
+
+
+def short_value(raw: bytes) -> str:
+    """A value as the history records it: itself, or for a long one (the filler's, whose
+    head names its write) ``<head>...<size>B``."""
+    if len(raw) <= SHORT:
+        return raw.decode()
+    return f"{raw[:32].decode(errors='replace')}...{len(raw)}B"
+
+
 def to_kv(kv: Any) -> KV:
-    return KV(kv.value.decode(), kv.mod_revision, kv.create_revision, kv.version, kv.lease)
+    value = short_value(kv.value)
+    return KV(value, kv.mod_revision, kv.create_revision, kv.version, kv.lease)
 
 
 def classify(err: grpc.aio.AioRpcError) -> tuple[Status | None, str]:
@@ -80,6 +106,8 @@ def classify(err: grpc.aio.AioRpcError) -> tuple[Status | None, str]:
     text = f"{code.name}: {details}"
     if "requested lease not found" in details:
         return None, text
+    if "mutex: session is expired" in details:
+        return FAIL, text  # the lock was not taken: its key went with its lease
     if code == grpc.StatusCode.UNAVAILABLE and (
         details == "etcdserver: no leader"
         or "failed to connect to all addresses" in details
@@ -109,7 +137,12 @@ class Recorder:
         return op
 
 
-_EXPECTED_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# CANCELLED: what a member stopping gracefully (SIGTERM) answers the requests in flight.
+_EXPECTED_CODES = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+)
 
 
 class Client:
@@ -174,7 +207,7 @@ class Client:
                 op.status, op.not_found = OK, True
             else:
                 op.status = status
-                if err.code() not in _EXPECTED_CODES:
+                if err.code() not in _EXPECTED_CODES and status != FAIL:
                     self.rec.unexpected.append(op.describe())
             return
         op.ret = self.rec.now()
@@ -219,7 +252,7 @@ class Client:
 
     async def range(self, kind: str) -> None:
         op = self._begin(RANGE)
-        req = pb.RangeRequest(key=PREFIX.encode(), range_end=RANGE_END.encode())
+        req = pb.RangeRequest(key=KEYS_START.encode(), range_end=KEYS_END.encode())
 
         def done(resp: Any) -> None:
             found = {kv.key.decode(): to_kv(kv) for kv in resp.kvs}
@@ -287,6 +320,86 @@ class Client:
 
         req = pb.LeaseGrantRequest(TTL=LEASE_TTL)
         await self._call(op, self.leases.LeaseGrant(req, timeout=self.deadline), done)
+
+
+class Locker(Client):
+    """Takes the lock ``LOCK_NAME`` (v3lock) with a lease never kept alive; holding it, makes
+    one write fenced on its ownership key; then unlocks it, or now and then (``FORGET``, with a
+    lease of ``FORGET_TTL`` s) leaves it to its lease's expiry. ``locks`` checks them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.locks = lock_grpc.LockStub(self.chan)
+
+    async def run(self, until: float) -> None:
+        while self.rec.now() < until:
+            self.failed = False
+            await self.hold_once()
+            if self.failed:
+                await asyncio.sleep(self.rng.uniform(0.05, 0.15))
+
+    async def hold_once(self) -> None:
+        lease = 0
+        forget = self.rng.random() < FORGET
+        grant = self._begin(GRANT)
+
+        def granted(resp: Any) -> None:
+            nonlocal lease
+            grant.lease = lease = resp.ID
+            grant.ttl = resp.TTL
+
+        req = pb.LeaseGrantRequest(TTL=FORGET_TTL if forget else LOCK_TTL)
+        await self._call(grant, self.leases.LeaseGrant(req, timeout=self.deadline), granted)
+        if not lease:
+            return
+        key = ""
+        lock = self._begin(LOCK, lease=lease)
+
+        def locked(resp: Any) -> None:
+            nonlocal key
+            lock.key = key = resp.key.decode()
+
+        req_lock = lockpb.LockRequest(name=LOCK_NAME.encode(), lease=lease)
+        await self._call(lock, self.locks.Lock(req_lock, timeout=LOCK_WAIT), locked)
+        if not key:
+            self.lease = lease
+            await self.revoke(REVOKE)  # a key it may have queued goes with the lease
+            return
+        value = self._value()
+        fenced = self._begin(FENCED, key=FENCED_KEY, value=value, holder=key)
+        txn = pb.TxnRequest(
+            compare=[pb.Compare(result=pb.Compare.GREATER, target=pb.Compare.CREATE,
+                                key=key.encode(), create_revision=0)],
+            success=[pb.RequestOp(request_put=pb.PutRequest(key=FENCED_KEY.encode(),
+                                                            value=value.encode()))],
+        )  # fmt: skip
+
+        def done(resp: Any) -> None:
+            fenced.succeeded = resp.succeeded
+
+        await self._call(fenced, self.kv.Txn(txn, timeout=self.deadline), done)
+        await asyncio.sleep(self.rng.uniform(0, 0.05))
+        if forget:
+            return
+        unlock = self._begin(UNLOCK, key=key)
+        req_unlock = lockpb.UnlockRequest(key=key.encode())
+        await self._call(unlock, self.locks.Unlock(req_unlock, timeout=self.deadline), _nothing)
+
+
+class Filler(Client):
+    """Big puts (``size`` bytes, recorded by ``short_value``) to one key, to fill a disk."""
+
+    async def fill(self, stop: asyncio.Event, size: int, limit: int) -> int:
+        """Put until ``stop`` is set or ``limit`` puts were sent; how many were sent."""
+        sent = 0
+        while not stop.is_set() and sent < limit:
+            key, raw = KEYS[0], f"c{self.cid}-{next(self.seq)}+".encode().ljust(size, b"x")
+            op = self._begin(PUT, key=key, value=short_value(raw))
+            req = pb.PutRequest(key=key.encode(), value=raw)
+            await self._call(op, self.kv.Put(req, timeout=self.deadline), _nothing)
+            sent += 1
+            await asyncio.sleep(0.05)
+        return sent
 
 
 def _nothing(resp: Any) -> None:
@@ -408,8 +521,13 @@ async def status(endpoint: str, timeout: float = 1.0) -> Any | None:
         return None
 
 
-async def range_all(endpoint: str, revision: int = 0, timeout: float = 3.0) -> Any:
-    """A linearizable Range over every key (at ``revision`` if given)."""
+async def range_all(
+    endpoint: str, revision: int = 0, timeout: float = 3.0, *, serializable: bool = False
+) -> Any:
+    """A Range over ``KEYS`` (at ``revision`` if given), linearizable unless asked."""
     async with channel(endpoint) as chan:
-        req = pb.RangeRequest(key=PREFIX.encode(), range_end=RANGE_END.encode(), revision=revision)
+        req = pb.RangeRequest(
+            key=KEYS_START.encode(), range_end=KEYS_END.encode(), revision=revision,
+            serializable=serializable,
+        )  # fmt: skip
         return await pb_grpc.KVStub(chan).Range(req, timeout=timeout)
