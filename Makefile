@@ -37,6 +37,7 @@ robustness: $(STAMP)
 
 soak: $(STAMP)
 	RAFT_SIM_SEEDS=100000 $(PY) -m pytest -m soak -n 2 -q
+	$(PY) -m tests.robustness --runs 150 --seed 1000
 
 # Throwaway CA, member and client certificates in var/certs (for TLS flags; never production).
 certs: $(STAMP)
