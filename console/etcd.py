@@ -9,7 +9,9 @@ event loop. Settings:
 - ``CONSOLE_ETCD_ENDPOINTS``: ``host:port`` list (env: comma-separated);
 - ``CONSOLE_ETCD_USER`` / ``CONSOLE_ETCD_PASSWORD``: etcd authentication, optional;
 - ``CONSOLE_ETCD_CA_FILE``, ``CONSOLE_ETCD_CERT_FILE``, ``CONSOLE_ETCD_KEY_FILE``: TLS, optional;
-- ``CONSOLE_ETCD_TIMEOUT``: seconds per call (default 5).
+- ``CONSOLE_ETCD_TIMEOUT``: seconds per call (default 5);
+- ``CONSOLE_ETCD_RETRY_TIMEOUT``: seconds a call keeps retrying other endpoints when one is
+  unavailable (default 5; lower it so pages fail faster while the whole cluster is down).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ _closing: set[asyncio.Task[None]] = set()  # async clients being closed (kept re
 def _options() -> dict[str, Any]:
     return {
         "timeout": float(getattr(settings, "CONSOLE_ETCD_TIMEOUT", 5.0)),
+        "retry_timeout": float(getattr(settings, "CONSOLE_ETCD_RETRY_TIMEOUT", 5.0)),
         "user": getattr(settings, "CONSOLE_ETCD_USER", None) or None,
         "password": getattr(settings, "CONSOLE_ETCD_PASSWORD", None) or None,
         "ca_file": getattr(settings, "CONSOLE_ETCD_CA_FILE", None) or None,

@@ -185,6 +185,7 @@ CONSOLE_ETCD_CA_FILE = os.environ.get("CONSOLE_ETCD_CA_FILE", "")
 CONSOLE_ETCD_CERT_FILE = os.environ.get("CONSOLE_ETCD_CERT_FILE", "")
 CONSOLE_ETCD_KEY_FILE = os.environ.get("CONSOLE_ETCD_KEY_FILE", "")
 CONSOLE_ETCD_TIMEOUT = float(os.environ.get("CONSOLE_ETCD_TIMEOUT", "5"))
+CONSOLE_ETCD_RETRY_TIMEOUT = float(os.environ.get("CONSOLE_ETCD_RETRY_TIMEOUT", "5"))
 
 # The key browser (console/keys.py, console/views/keys.py).
 CONSOLE_KEY_SEPARATOR = os.environ.get("CONSOLE_KEY_SEPARATOR", "/")
