@@ -171,6 +171,19 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _new_instance(
+    service: str,
+    instance_id: str,
+    address: str,
+    port: int,
+    metadata: Mapping[str, Any] | None,
+) -> Instance:
+    """A checked instance to register now (sync and async registries alike)."""
+    _check_name("service", service)
+    _check_name("instance id", instance_id, slash_ok=True)
+    return Instance(service, instance_id, address, int(port), dict(metadata or {}), _now())
+
+
 # --- sync -------------------------------------------------------------------------------
 
 
@@ -296,9 +309,7 @@ class Registry:
         ttl: int = 10,
     ) -> Registration:
         """Register an instance and keep it alive until ``deregister()``."""
-        _check_name("service", service)
-        _check_name("instance id", instance_id, slash_ok=True)
-        inst = Instance(service, instance_id, address, int(port), dict(metadata or {}), _now())
+        inst = _new_instance(service, instance_id, address, port, metadata)
         return Registration(self.client, inst, ttl, self.prefix)
 
     def discover(self, service: str) -> list[Instance]:
@@ -492,9 +503,7 @@ class AsyncRegistry:
         metadata: Mapping[str, Any] | None = None,
         ttl: int = 10,
     ) -> AsyncRegistration:
-        _check_name("service", service)
-        _check_name("instance id", instance_id, slash_ok=True)
-        inst = Instance(service, instance_id, address, int(port), dict(metadata or {}), _now())
+        inst = _new_instance(service, instance_id, address, port, metadata)
         return await AsyncRegistration(self.client, inst, ttl, self.prefix).start()
 
     async def discover(self, service: str) -> list[Instance]:
