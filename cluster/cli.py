@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 import grpc
+import uvloop
 
 from cluster.config import ConfigError, MemberConfig, load
 from cluster.logging_setup import bind_member
@@ -108,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # --log-level / ETCD_LOG_LEVEL, --log-format / ETCD_LOG_FORMAT: JSON lines by default
     configure_logging(cfg.log_level, cfg.log_format, member=cfg.name)
     try:
-        return asyncio.run(serve(cfg))
+        # uvloop: measurably faster peer streams and loop wake-ups than asyncio's own loop
+        return uvloop.run(serve(cfg))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,10 +1,12 @@
 """One member: drives its Raft node, persists, talks to peers, applies, answers clients.
 
-Everything runs on one asyncio loop: ticks every --heartbeat-interval; each
-Ready is persisted (WAL + snapshot files) before its messages go out and its
-committed entries are applied to the MVCC store; a client write waits until
-its entry is applied here; a linearizable read waits for a ReadIndex and for
-the apply step to reach it.
+Everything runs on one asyncio loop but the WAL's writes and fsyncs, which run on one
+WAL thread so the loop keeps taking requests meanwhile (and what arrives meanwhile goes
+into the next Ready: group commit). Each Ready is persisted before its messages go out
+(a leader's appends and heartbeats go out at once: it counts its own copy only once on
+disk) and before its committed entries are applied to the MVCC store; a client write
+waits until its entry is applied here; a linearizable read waits for a ReadIndex and
+for the apply step to reach it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import random
 import struct
 import time
 from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -67,6 +70,10 @@ _READ_CTX = struct.Struct(">QQ")  # member id, read id
 # A conf change's context: the proposing member and its request id, then the pb.Member.
 _CONF_CTX = struct.Struct(">QQ")
 
+# What a leader sends before its own WAL write completes (Raft thesis 10.2.1): these carry
+# no promise about its disk. Votes and other responses wait until their state is durable.
+_SENT_BEFORE_PERSISTED = frozenset({MessageType.APP, MessageType.HEARTBEAT})
+
 # A membership change the Raft core refused on this member (the leader), as etcd answers.
 _CONF_DROPPED: dict[str, kvconv.ErrorSpec] = {
     ProposalDropped.NO_LEADER: kvconv.ERR_NO_LEADER,
@@ -106,6 +113,8 @@ class Member:
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
+        # Ready batches are written and fsynced here, one at a time, off the event loop.
+        self._wal_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal")
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()  # e.g. auto-compactions in flight
         self._raising_nospace = False
@@ -218,6 +227,7 @@ class Member:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.transport.close()
+        self._wal_thread.shutdown(wait=True)  # a write in flight finishes before the close
         pending: list[asyncio.Future[object] | asyncio.Future[int]] = [
             *self._waiting.values(),
             *self._reads.values(),
@@ -528,7 +538,7 @@ class Member:
                 await self._wake.wait()
                 self._wake.clear()
                 while self.node.has_ready():
-                    self._handle(self.node.ready())
+                    await self._handle(self.node.ready())
                 if self.hub.unsynced_count:
                     self.hub.sync_unsynced()  # woken by the hub: watchers behind catch up
         except BackendQuotaError as exc:
@@ -561,18 +571,32 @@ class Member:
         if self.failed.is_set():
             raise RequestError(*kvconv.ERR_STOPPED)
 
-    def _handle(self, rd: Ready) -> None:
+    async def _handle(self, rd: Ready) -> None:
+        messages = rd.messages
         if rd.snapshot is not None:
             # A leader's snapshot: its data is the leader's whole backend. Install
             # that first, so the durable snapshot marker is never ahead of it.
             self._install_backend(rd.snapshot.data)
             rd.snapshot = Snapshot(rd.snapshot.metadata, b"")  # the .snap file keeps metadata
             self.conf = rd.snapshot.metadata.conf_state
-        self.log_store.save(rd)  # durable before anything depends on it
-        for m in rd.messages:
+            self.log_store.save(rd)  # rare: on the loop, before anything depends on it
+        else:
+            if self.node.state == StateType.LEADER and messages:
+                self.transport.send([m for m in messages if m.type in _SENT_BEFORE_PERSISTED])
+                messages = [m for m in messages if m.type not in _SENT_BEFORE_PERSISTED]
+            if rd.must_sync:
+                # While this runs, the loop serves requests and steps peers' messages into
+                # the Raft core; the core hands out no other Ready until ``advance``.
+                await asyncio.get_running_loop().run_in_executor(
+                    self._wal_thread, self.log_store.persist, rd
+                )
+            else:
+                self.log_store.persist(rd)  # at most a commit index: a write, no fsync
+            self.log_store.publish(rd)  # durable before anything depends on it
+        for m in messages:
             if m.type == MessageType.SNAP and m.snapshot is not None:
                 m.snapshot = Snapshot(m.snapshot.metadata, self._backend_image())
-        self.transport.send(rd.messages)
+        self.transport.send(messages)
         for entry in rd.committed_entries:
             self._apply(entry)
         for rs in rd.read_states:

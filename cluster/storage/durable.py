@@ -92,6 +92,16 @@ class RaftLogStore:
 
     def save(self, rd: Ready) -> None:
         """Make ``rd``'s snapshot, entries and hard state durable, then visible to Raft."""
+        self.persist(rd)
+        self.publish(rd)
+
+    def persist(self, rd: Ready) -> None:
+        """Write ``rd``'s snapshot, entries and hard state to disk (and fsync them).
+
+        Touches only the WAL and snapshot files, never ``storage``: a member runs it on
+        its WAL thread while the event loop goes on (one call at a time, and no other
+        WAL or snapshot call meanwhile), then calls ``publish`` on the loop.
+        """
         if rd.snapshot is not None:
             self._save_snapshot_files(rd.snapshot, replaces_log=True)
         if faults.CRASH:
@@ -99,6 +109,9 @@ class RaftLogStore:
         self.wal.save(rd.hard_state, rd.entries, sync=rd.must_sync or rd.snapshot is not None)
         if faults.CRASH:
             faults.crash_point("wal-after-save")
+
+    def publish(self, rd: Ready) -> None:
+        """Show the Raft core's storage what ``persist`` made durable."""
         if rd.snapshot is not None:
             self.storage.apply_snapshot(rd.snapshot)
         if rd.entries:
