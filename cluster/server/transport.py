@@ -3,9 +3,10 @@
 Each frame is ``length (4 bytes) + kind (1 byte) + payload``. A connection
 opens with a HELLO naming the cluster and both members; a peer of another
 cluster, or a connection meant for another member, is refused. Messages to a
-peer are queued without blocking and written by that peer's own task, many per
-frame, so one slow or dead peer never delays the others; a full queue drops
-messages (Raft retransmits) and reports the peer unreachable. A snapshot
+peer are written at once, all of one ``send`` in one frame, while the stream keeps up
+(its unsent bytes stay under a bound); otherwise they are queued without blocking and
+written by that peer's own task, so one slow or dead peer never delays the others; a
+full queue drops messages (Raft retransmits) and reports the peer unreachable. A snapshot
 travels as BEGIN, data chunks and an END frame carrying its SHA-256.
 Connections are re-established with exponential back-off.
 
@@ -57,6 +58,8 @@ class PeerProtocolError(Exception):
 @dataclass(frozen=True)
 class TransportOptions:
     queue_limit: int = 4096  # messages waiting for one peer before new ones are dropped
+    # Unsent bytes on a peer's stream above which messages wait in the queue instead.
+    direct_write_limit: int = 1024 * 1024
     snapshot_chunk: int = 1024 * 1024
     backoff_min: float = 0.05
     backoff_max: float = 1.0
@@ -177,13 +180,22 @@ class PeerTransport:
         return peer.active_since if peer is not None else None
 
     def send(self, messages: list[Message]) -> None:
-        """Queue messages to their peers; never waits."""
+        """Write or queue messages to their peers; never waits."""
+        if len(messages) == 1:
+            self._send_to(messages[0].to, messages)
+            return
+        by_peer: dict[int, list[Message]] = {}
         for m in messages:
-            peer = self._peers.get(m.to)
-            if peer is None:
-                log.debug("no peer %x for %s", m.to, m.type.name)
-                continue
-            peer.enqueue(m)
+            by_peer.setdefault(m.to, []).append(m)
+        for peer_id, batch in by_peer.items():
+            self._send_to(peer_id, batch)
+
+    def _send_to(self, peer_id: int, batch: list[Message]) -> None:
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            log.debug("no peer %x for %s", peer_id, batch[0].type.name)
+            return
+        peer.send(batch)
 
     # -- receiving --------------------------------------------------------------
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -192,8 +204,8 @@ class PeerTransport:
         self._connections[task] = writer
         try:
             await self._receive(reader, writer)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionError, RuntimeError):
+            pass  # the peer went away (uvloop: RuntimeError on a write after that)
         except (PeerProtocolError, CodecError) as exc:
             log.warning(
                 "peer connection from %s closed: %s", writer.get_extra_info("peername"), exc
@@ -276,7 +288,29 @@ class _Peer:
         self.connected = False
         self.active_since: float | None = None
         self.stopped = False
+        self._writer: asyncio.StreamWriter | None = None  # while connected
+        self._sending_snapshot = False
         self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def send(self, batch: list[Message]) -> None:
+        """Write ``batch`` now if the stream keeps up and nothing is queued before it."""
+        writer = self._writer
+        if (
+            writer is None
+            or writer.transport.is_closing()
+            or self.queue
+            or self._sending_snapshot
+            or writer.transport.get_write_buffer_size() > self.transport.options.direct_write_limit
+            or any(m.type == MessageType.SNAP for m in batch)
+        ):
+            for m in batch:
+                self.enqueue(m)
+            return
+        try:
+            writer.write(frame(FrameKind.MESSAGES, encode_batch(batch)))
+        except (RuntimeError, OSError):  # uvloop: the peer went away since the check
+            for m in batch:
+                self._drop(m)
 
     def enqueue(self, m: Message) -> None:
         options = self.transport.options
@@ -320,11 +354,14 @@ class _Peer:
                 self.connected = True
                 self.active_since = asyncio.get_running_loop().time()
                 delay = options.backoff_min
+                self._writer = stream
                 await self._pump_until_closed(reader, stream)
-            except (TimeoutError, OSError, ConnectionError) as exc:  # ssl.SSLError is an OSError
+            # ssl.SSLError is an OSError; uvloop raises RuntimeError writing to a closed stream
+            except (TimeoutError, OSError, ConnectionError, RuntimeError) as exc:
                 log.debug("peer %x at %s:%d: %s", self.id, self.host, self.port, exc)
             finally:
                 self.connected = False
+                self._writer = None
                 self.active_since = None
                 while self.queue:
                     self._drop(self.queue.popleft())
@@ -365,7 +402,11 @@ class _Peer:
                     if batch:
                         writer.write(frame(FrameKind.MESSAGES, encode_batch(batch)))
                         batch = []
-                    await self._send_snapshot(writer, m)
+                    self._sending_snapshot = True  # what comes meanwhile waits behind it
+                    try:
+                        await self._send_snapshot(writer, m)
+                    finally:
+                        self._sending_snapshot = False
                 else:
                     batch.append(m)
             if batch:

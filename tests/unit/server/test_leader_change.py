@@ -38,6 +38,6 @@ async def test_a_read_waiting_on_a_leader_that_is_replaced_fails_with_leader_cha
             with pytest.raises(RequestError) as e:
                 await read
         assert e.value == RequestError(*kvconv.ERR_LEADER_CHANGED)
-        assert not m._reads
+        assert not m.reads._in_flight
     finally:
         await lm.stop()
