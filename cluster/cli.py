@@ -27,7 +27,7 @@ async def serve(cfg: MemberConfig) -> int:
     from cluster.server.http import MemberHttp
     from cluster.server.kv import grpc_server_options
     from cluster.server.member import Member
-    from cluster.server.services import add_services, interceptors
+    from cluster.server.services import add_services
     from cluster.tls import grpc_server_credentials
 
     member = Member(cfg)
@@ -53,10 +53,7 @@ async def serve(cfg: MemberConfig) -> int:
     published = loop.create_task(member.published.wait())
     await asyncio.wait([published, *ending], return_when=asyncio.FIRST_COMPLETED)
     published.cancel()
-    server = grpc.aio.server(
-        options=grpc_server_options(cfg.max_request_bytes),
-        interceptors=interceptors(member),
-    )
+    server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
     closers = add_services(server, member)
     http.add_gateway_port(server)
     for url in cfg.listen_client_urls:

@@ -25,7 +25,7 @@ when the request arrives, against the auth revision of that moment.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
 
 import grpc
@@ -42,6 +42,7 @@ from cluster.auth import (
 )
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 
+from .handlers import Handler, replace
 from .kvconv import RequestError
 from .requests import AuthRequest
 
@@ -255,46 +256,31 @@ ADMIN_METHODS = frozenset(
 )
 
 
-class AdminOnly(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuses ``ADMIN_METHODS`` to anyone but the root role while auth is enabled."""
+def admin_only(handler: Handler, authz: Authorizer) -> Handler:
+    """``handler``, refused to anyone but the root role while auth is enabled (for
+    ``ADMIN_METHODS``)."""
 
-    def __init__(self, authz: Authorizer) -> None:
-        self._authz = authz
-
-    async def _check(self, context: Any) -> None:
+    async def check(context: Any) -> None:
         try:
-            self._authz.admin(await self._authz.info(context))
+            authz.admin(await authz.info(context))
         except RequestError as err:
             await context.abort(err.code, err.message)
 
-    async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        handler = await continuation(details)
-        if handler is None or details.method not in ADMIN_METHODS:
-            return handler
-        check = self._check
-        if handler.unary_unary is not None:
-            unary = handler.unary_unary
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
 
-            async def checked_unary(request: Any, context: Any) -> Any:
-                await check(context)
-                return await unary(request, context)
+        async def checked_unary(request: Any, context: Any) -> Any:
+            await check(context)
+            return await unary(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(
-                checked_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            stream = handler.unary_stream
+        return replace(handler, checked_unary)
+    if handler.unary_stream is not None:
+        stream = handler.unary_stream
 
-            async def checked_stream(request: Any, context: Any) -> Any:
-                await check(context)
-                async for item in stream(request, context):
-                    yield item
+        async def checked_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            await check(context)
+            async for item in stream(request, context):
+                yield item
 
-            return grpc.unary_stream_rpc_method_handler(
-                checked_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return replace(handler, checked_stream)
+    return handler

@@ -3,9 +3,10 @@
 ``MemberMetrics`` holds what is counted as it happens (leader changes, failed proposals,
 WAL fsync and backend commit durations, health checks) and, through ``_MemberCollector``,
 computes the rest from the member at scrape time (leader, Raft indexes, db size, keys,
-revisions), so the write path pays nothing for them. ``GrpcMetrics`` is a grpc.aio
-server interceptor counting calls as go-grpc-prometheus does (``grpc_server_started_total``
-and ``grpc_server_handled_total`` with etcd's labels and Go's code names).
+revisions), so the write path pays nothing for them. ``count_calls`` wraps a gRPC method
+handler (once, when the services are registered: see handlers.py) to count its calls as
+go-grpc-prometheus does (``grpc_server_started_total`` and ``grpc_server_handled_total``
+with etcd's labels and Go's code names).
 
 Names and types follow etcd 3.5: ``etcd_server_proposals_committed_total`` and
 ``..._applied_total`` are gauges (the Raft indexes), histograms use etcd's buckets.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
@@ -32,6 +33,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from . import handlers
+from .handlers import Handler
 
 if TYPE_CHECKING:
     from .member import Member
@@ -131,9 +135,9 @@ class MemberMetrics:
         key = (kind, name, "success" if passed else "error")
         self.healthcheck_counts[key] = self.healthcheck_counts.get(key, 0) + 1
 
-    def interceptor(self) -> GrpcMetrics:
-        """The gRPC server interceptor feeding ``grpc_server_*`` (put it first)."""
-        return GrpcMetrics(self)
+    def count_calls(self, method: str, handler: Handler) -> Handler:
+        """``handler`` feeding ``grpc_server_*``; wrap it outermost, so refused calls count."""
+        return _counting(self, method, handler)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -294,81 +298,62 @@ def _code(context: Any, exc: BaseException | None) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-# (request streaming, response streaming) -> grpc_type, the handler's attribute, its factory
-_SHAPES: Final[dict[tuple[bool, bool], tuple[str, str, Callable[..., Any]]]] = {
-    (False, False): ("unary", "unary_unary", grpc.unary_unary_rpc_method_handler),
-    (False, True): ("server_stream", "unary_stream", grpc.unary_stream_rpc_method_handler),
-    (True, False): ("client_stream", "stream_unary", grpc.stream_unary_rpc_method_handler),
-    (True, True): ("bidi_stream", "stream_stream", grpc.stream_stream_rpc_method_handler),
-}
+class _MethodCounts:
+    """One method's ``grpc_server_started`` and ``_handled`` series, each resolved on its
+    first use (a series appears once a call has made it move, as before)."""
 
+    __slots__ = ("_handled", "_handled_family", "_labels", "_started", "_started_family")
 
-class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Counts every call: started, and handled with its code (go-grpc-prometheus)."""
-
-    def __init__(self, metrics: MemberMetrics) -> None:
-        self._metrics = metrics
-        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (handler, its wrapper)
-
-    async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        method: str = details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(method, handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(self, method: str, handler: Any) -> Any:
+    def __init__(self, metrics: MemberMetrics, kind: str, method: str) -> None:
         service, _, name = method.lstrip("/").partition("/")
-        kind, attr, make = _SHAPES[
-            bool(handler.request_streaming), bool(handler.response_streaming)
-        ]
-        inner = getattr(handler, attr)
-        started = self._metrics.grpc_started.labels(kind, service, name)
-        handled_family = self._metrics.grpc_handled
-        handled: dict[grpc.StatusCode, Any] = {}
+        self._labels = (kind, service, name)
+        self._started_family = metrics.grpc_started
+        self._handled_family = metrics.grpc_handled
+        self._started: Any = None
+        self._handled: dict[grpc.StatusCode, Any] = {}
 
-        def done(code: grpc.StatusCode) -> None:
-            counter = handled.get(code)
-            if counter is None:
-                counter = handled[code] = handled_family.labels(
-                    kind, service, name, GO_CODE_NAMES.get(code, "Unknown")
-                )
-            counter.inc()
+    def started(self) -> None:
+        counter = self._started
+        if counter is None:
+            counter = self._started = self._started_family.labels(*self._labels)
+        counter.inc()
 
-        behavior: Callable[..., Any]
-        if inspect.isasyncgenfunction(inner):
+    def handled(self, code: grpc.StatusCode) -> None:
+        counter = self._handled.get(code)
+        if counter is None:
+            counter = self._handled[code] = self._handled_family.labels(
+                *self._labels, GO_CODE_NAMES.get(code, "Unknown")
+            )
+        counter.inc()
 
-            async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-                started.inc()
-                try:
-                    async for item in inner(request, context):
-                        yield item
-                except BaseException as exc:
-                    done(_code(context, exc))
-                    raise
-                done(_code(context, None))
 
-            behavior = streaming
-        else:
+def _counting(metrics: MemberMetrics, method: str, handler: Handler) -> Handler:
+    """``handler`` counting every call: started, and handled with its code."""
+    counts = _MethodCounts(metrics, handlers.kind(handler), method)
+    started, done = counts.started, counts.handled
+    inner = handlers.behavior(handler)
+    if inspect.isasyncgenfunction(inner):
 
-            async def single(request: Any, context: Any) -> Any:
-                started.inc()
-                try:
-                    result = await inner(request, context)
-                except BaseException as exc:
-                    done(_code(context, exc))
-                    raise
-                done(_code(context, None))
-                return result
+        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+            started()
+            try:
+                async for item in inner(request, context):
+                    yield item
+            except BaseException as exc:
+                done(_code(context, exc))
+                raise
+            done(_code(context, None))
 
-            behavior = single
-        return make(
-            behavior,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return handlers.replace(handler, streaming)
+
+    async def single(request: Any, context: Any) -> Any:
+        started()
+        try:
+            result = await inner(request, context)
+        except BaseException as exc:
+            done(_code(context, exc))
+            raise
+        done(_code(context, None))
+        return result
+
+    return handlers.replace(handler, single)

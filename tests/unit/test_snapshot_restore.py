@@ -25,7 +25,7 @@ from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from cluster.server.kv import grpc_server_options
 from cluster.server.member import Member
-from cluster.server.services import add_services, interceptors
+from cluster.server.services import add_services
 from cluster.snapshot import (
     Connection,
     RestoreConfig,
@@ -79,9 +79,7 @@ async def _serve(argv: list[str], client: int) -> LiveMember:
     cfg = load(argv, {})
     member = Member(cfg)
     await member.start()
-    server = grpc.aio.server(
-        options=grpc_server_options(cfg.max_request_bytes), interceptors=interceptors(member)
-    )
+    server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
     closers = add_services(server, member)
     endpoint = f"127.0.0.1:{client}"
     server.add_insecure_port(endpoint)

@@ -19,7 +19,7 @@ from cluster.config import load
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from cluster.server.kv import grpc_server_options
 from cluster.server.member import Member
-from cluster.server.services import add_services, interceptors
+from cluster.server.services import add_services
 from tests.e2e.procs import free_ports
 
 
@@ -65,9 +65,7 @@ async def start_member(data_dir: Path, *, extra_peers: int = 0, **flags: str) ->
     cfg = load(argv, {})
     member = Member(cfg)
     await member.start()
-    server = grpc.aio.server(
-        options=grpc_server_options(cfg.max_request_bytes), interceptors=interceptors(member)
-    )
+    server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
     closers = add_services(server, member)
     server.add_insecure_port(f"127.0.0.1:{client}")
     await server.start()

@@ -2,7 +2,7 @@
 
 ``start_http_member`` starts one (like ``live.start_member``: fast ticks, free loopback
 ports) with ``--listen-client-http-urls`` and ``--listen-metrics-urls``, the gRPC server
-with the metrics interceptor and the gateway's socket; ``HttpMember.stop`` stops it all.
+with its counted handlers and the gateway's socket; ``HttpMember.stop`` stops it all.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from cluster.server.http import MemberHttp
 from cluster.server.kv import grpc_server_options
 from cluster.server.member import Member
-from cluster.server.services import add_services, interceptors
+from cluster.server.services import add_services
 from tests.e2e.procs import free_ports
 
 
@@ -87,10 +87,7 @@ async def start_http_member(
     if wait_published:
         async with asyncio.timeout(10):
             await member.published.wait()
-    server = grpc.aio.server(
-        options=grpc_server_options(cfg.max_request_bytes),
-        interceptors=interceptors(member),
-    )
+    server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
     closers = add_services(server, member)
     http.add_gateway_port(server)
     server.add_insecure_port(f"127.0.0.1:{client}")
