@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -61,9 +61,14 @@ def rows(scale: float) -> list[Row]:
             replace(base, clients=64, conns=16, total=n(20000), consistency="l"),
         ),
         Row(
-            "watch put-to-event, 100 watchers",
+            "watch put-to-event, 1000 puts/s, 100 keys",
             "watch-latency",
-            replace(base, conns=4, total=n(2000), watchers=100, put_rate=1000),
+            replace(base, conns=4, total=n(10000), watchers=100, watch_keys=100, put_rate=1000),
+        ),
+        Row(
+            "watch put-to-event, 100 puts/s, 1 key",
+            "watch-latency",
+            replace(base, conns=4, total=n(1000), watchers=100, watch_keys=1, put_rate=100),
         ),
     ]
 
@@ -96,8 +101,20 @@ def _member_argv(
 
 
 @contextmanager
-def cluster(kind: str, tmp: Path, size: int = 3) -> Iterator[list[str]]:
-    """``size`` members of ``kind`` ("ours" or "etcd"); their client endpoints."""
+def cluster(
+    kind: str,
+    tmp: Path,
+    size: int = 3,
+    *,
+    extra_flags: Sequence[str] = (),
+    started: list[subprocess.Popen[bytes]] | None = None,
+) -> Iterator[list[str]]:
+    """``size`` members of ``kind`` ("ours" or "etcd"); their client endpoints.
+
+    ``extra_flags`` go after each member's own (a repeated flag's last value wins);
+    ``started``, if given, receives the member processes, in endpoint order (their
+    ``args`` start them again). Members still running at the end are killed.
+    """
     ports = _free_ports(2 * size)
     names = [f"{kind}{i}" for i in range(size)]
     initial = ",".join(f"{n}=http://127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(names))
@@ -105,8 +122,11 @@ def cluster(kind: str, tmp: Path, size: int = 3) -> Iterator[list[str]]:
     try:
         for i, name in enumerate(names):
             argv = _member_argv(kind, name, ports[2 * i], ports[2 * i + 1], initial, tmp / name)
+            argv += extra_flags
             with (tmp / f"{name}.log").open("wb") as log:
                 procs.append(subprocess.Popen(argv, stdout=log, stderr=log))
+        if started is not None:
+            started.extend(procs)
         endpoints = [f"127.0.0.1:{ports[2 * i]}" for i in range(size)]
         asyncio.run(_wait_ready(endpoints))
         yield endpoints
@@ -163,7 +183,7 @@ def compare(scale: float, as_json: bool) -> int:
     print(f"{'workload':36} {'ours req/s':>11} {'etcd req/s':>11} {'ratio':>6} "
           f"{'ours p50':>9} {'etcd p50':>9} {'ours p99':>9} {'etcd p99':>9}")  # fmt: skip
     for row, o, e in results:
-        latency = row.workload == "watch-latency"
+        latency = row.workload.startswith("watch")
         print(
             f"{row.name:36} {o.rate:11.0f} {e.rate:11.0f} {_ratio(o, e, latency):6.2f} "
             f"{o.percentile(50) * 1000:8.2f}m {e.percentile(50) * 1000:8.2f}m "

@@ -1,6 +1,6 @@
 """Client load in the manner of etcd's ``benchmark`` tool, against any etcd v3 endpoints.
 
-``python -m cluster.bench put|range|txn-put|watch-latency|lease-keepalive --endpoints ...``
+``python -m cluster.bench put|range|txn-put|watch|watch-latency|lease-keepalive --endpoints ...``
 with etcd's flags (``--clients``, ``--conns``, ``--total``, ``--key-size``, ``--val-size``,
 ``--key-space-size``, ``--sequential-keys``, ``--consistency``). Clients are asyncio tasks
 sharing ``--conns`` gRPC channels; each request's latency is recorded. The report: requests
@@ -27,7 +27,7 @@ import grpc
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 
-WORKLOADS = ("put", "range", "txn-put", "watch-latency", "lease-keepalive")
+WORKLOADS = ("put", "range", "txn-put", "watch", "watch-latency", "lease-keepalive")
 
 
 @dataclass
@@ -108,7 +108,8 @@ class Options:
     sequential_keys: bool = False
     consistency: str = "l"
     watchers: int = 10
-    put_rate: int = 0  # watch-latency: puts per second (0: as fast as possible)
+    put_rate: int = 0  # watch, watch-latency: puts per second (0: one after another)
+    watch_keys: int = 1  # watch, watch-latency: keys the watchers are spread over
     progress: bool = False
 
 
@@ -190,75 +191,135 @@ async def run(workload: str, opts: Options) -> Report:
                     break
 
             return await _drive(opts, workload, keepalive)
-        if workload == "watch-latency":
-            return await _watch_latency(opts, channels, value)
+        if workload in ("watch", "watch-latency"):
+            return await _watch_bench(workload, opts, channels, value)
         raise ValueError(f"unknown workload {workload!r}")
     finally:
         for ch in channels:
             await ch.close()
 
 
-async def _watch_latency(opts: Options, channels: list[Any], value: bytes) -> Report:
-    """Put-to-event latency: ``watchers`` watches on one key; each put's time until every
-    watcher has seen its event (etcd's ``watch-latency``)."""
-    key = b"watch-latency-key"
-    sent: dict[int, float] = {}
-    seen: dict[int, int] = {}
-    latencies: list[float] = []
-    all_seen: dict[int, asyncio.Event] = {}
-    ready = 0
-    started = asyncio.Event()
+class _WatchStreams:
+    """``opts.watchers`` watches over ``opts.conns`` streams (as etcd's benchmark multiplexes
+    them), watcher ``n`` on key ``n % opts.watch_keys``; counts each revision's events."""
 
-    async def watcher(n: int) -> None:
-        nonlocal ready
-        stub = pb_grpc.WatchStub(channels[n % len(channels)])
+    def __init__(self, opts: Options, channels: list[Any]) -> None:
+        self.opts = opts
+        self.keys = [b"watch-bench-%06d" % k for k in range(max(1, opts.watch_keys))]
+        self.per_key = [0] * len(self.keys)
+        for n in range(opts.watchers):
+            self.per_key[n % len(self.keys)] += 1
+        self.created: list[float] = []  # each watch's creation latency
+        self.seen: dict[int, int] = {}
+        self.on_all_seen: Callable[[int], None] = lambda rev: None
+        self._channels = channels
+        self._tasks: list[asyncio.Task[None]] = []
+        self._all_created = asyncio.Event()
+
+    async def start(self, timeout: float = 60) -> None:
+        streams = max(1, min(self.opts.conns, self.opts.watchers))
+        for s in range(streams):
+            mine = list(range(s, self.opts.watchers, streams))
+            self._tasks.append(asyncio.ensure_future(self._stream(s, mine)))
+        await asyncio.wait_for(self._all_created.wait(), timeout)
+
+    async def _stream(self, s: int, watchers: list[int]) -> None:
+        stub = pb_grpc.WatchStub(self._channels[s % len(self._channels)])
         queue: asyncio.Queue[pb.WatchRequest] = asyncio.Queue()
-        await queue.put(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=key)))
+        asked: list[float] = []
+        expected_of: dict[int, int] = {}  # watch id -> watchers of its key
 
         async def requests() -> Any:
+            for n in watchers:
+                key = self.keys[n % len(self.keys)]
+                asked.append(time.perf_counter())
+                yield pb.WatchRequest(create_request=pb.WatchCreateRequest(key=key))
             while True:
                 yield await queue.get()
 
+        answered = 0
         async for resp in stub.Watch(requests()):
             if resp.created:
-                ready += 1
-                if ready == opts.watchers:
-                    started.set()
+                self.created.append(time.perf_counter() - asked[answered])
+                n = watchers[answered]
+                expected_of[resp.watch_id] = self.per_key[n % len(self.keys)]
+                answered += 1
+                if len(self.created) == self.opts.watchers:
+                    self._all_created.set()
             for ev in resp.events:
                 rev = ev.kv.mod_revision
-                seen[rev] = seen.get(rev, 0) + 1
-                if seen[rev] == opts.watchers and rev in sent:
-                    latencies.append(time.perf_counter() - sent[rev])
-                    all_seen.setdefault(rev, asyncio.Event()).set()
+                count = self.seen.get(rev, 0) + 1
+                self.seen[rev] = count
+                if count == expected_of.get(resp.watch_id, -1):
+                    self.on_all_seen(rev)
 
-    tasks = [asyncio.ensure_future(watcher(n)) for n in range(opts.watchers)]
+    def expected(self, key_index: int) -> int:
+        return self.per_key[key_index]
+
+    def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+
+async def _watch_bench(workload: str, opts: Options, channels: list[Any], value: bytes) -> Report:
+    """``watch-latency``: puts at ``--put-rate`` (issued on schedule, not one after another),
+    each timed from its send until every watcher of its key has its event. ``watch``: the
+    latency of creating each watch (then the same puts, to check events flow)."""
+    streams = _WatchStreams(opts, channels)
+    sent: dict[int, float] = {}
+    latencies: list[float] = []
+    done = 0
+
+    def all_seen(rev: int) -> None:
+        nonlocal done
+        t = sent.pop(rev, None)
+        if t is not None:
+            latencies.append(time.perf_counter() - t)
+            done += 1
+
+    streams.on_all_seen = all_seen
     kv = pb_grpc.KVStub(channels[0])
     errors = 0
+
+    async def put(i: int) -> None:
+        nonlocal errors, done
+        k = i % len(streams.keys)
+        t = time.perf_counter()
+        try:
+            resp = await kv.Put(pb.PutRequest(key=streams.keys[k], value=value))
+        except grpc.aio.AioRpcError:
+            errors += 1
+            return
+        rev = resp.header.revision
+        if streams.seen.get(rev, 0) >= streams.expected(k):
+            latencies.append(time.perf_counter() - t)  # the events came before the response
+            done += 1
+        else:
+            sent[rev] = t
+
     try:
-        await asyncio.wait_for(started.wait(), 30)
+        created_from = time.perf_counter()
+        await streams.start()
+        created_in = time.perf_counter() - created_from
         interval = 1 / opts.put_rate if opts.put_rate else 0.0
         begin = time.perf_counter()
+        puts: list[asyncio.Task[None]] = []
         for i in range(opts.total):
-            t = time.perf_counter()
-            try:
-                resp = await kv.Put(pb.PutRequest(key=key, value=value))
-            except grpc.aio.AioRpcError:
-                errors += 1
-                continue
-            sent[resp.header.revision] = t
-            if seen.get(resp.header.revision) == opts.watchers:
-                latencies.append(time.perf_counter() - t)
             if interval:
-                await asyncio.sleep(max(0.0, begin + (i + 1) * interval - time.perf_counter()))
+                await asyncio.sleep(max(0.0, begin + i * interval - time.perf_counter()))
+                puts.append(asyncio.ensure_future(put(i)))
+            else:
+                await put(i)
+        await asyncio.gather(*puts)
         deadline = time.perf_counter() + 10
-        while len(latencies) < opts.total - errors and time.perf_counter() < deadline:
+        while done < opts.total - errors and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
-        return Report(
-            "watch-latency", len(latencies), errors, time.perf_counter() - begin, latencies
-        )
+        elapsed = time.perf_counter() - begin
+        if workload == "watch":
+            return Report(workload, len(streams.created), errors, created_in, streams.created)
+        return Report(workload, len(latencies), errors, elapsed, latencies)
     finally:
-        for task in tasks:
-            task.cancel()
+        streams.stop()
 
 
 def add_parsers(workloads: Any) -> None:
@@ -273,8 +334,9 @@ def add_parsers(workloads: Any) -> None:
         p.add_argument("--key-space-size", type=int, default=1)
         p.add_argument("--sequential-keys", action="store_true")
         p.add_argument("--consistency", choices=("l", "s"), default="l")
-        p.add_argument("--watchers", type=int, default=10, help="watch-latency: watchers")
-        p.add_argument("--put-rate", type=int, default=0, help="watch-latency: puts per second")
+        p.add_argument("--watchers", type=int, default=10, help="watch: watchers")
+        p.add_argument("--watch-keys", type=int, default=1, help="watch: keys they watch")
+        p.add_argument("--put-rate", type=int, default=0, help="watch: puts per second")
         p.add_argument("--json", action="store_true", help="one JSON object")
         p.set_defaults(run=_main, workload_name=name)
 
@@ -292,6 +354,7 @@ def options_from(args: argparse.Namespace) -> Options:
         consistency=args.consistency,
         watchers=args.watchers,
         put_rate=args.put_rate,
+        watch_keys=max(1, args.watch_keys),
         progress=sys.stderr.isatty() and not args.json,
     )
 
