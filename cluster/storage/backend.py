@@ -157,6 +157,9 @@ class BatchTx:
         self._owner = 0
         self.pending = 0  # writes since the last commit
         self.pending_bytes = 0  # bytes of keys and values written since the last commit
+        # The consistent index as this batch sees it, once read: the applier asks for it
+        # and sets it for every entry, and a cached check saves a read and a decode each.
+        self._consistent: tuple[int, int] | None = None
 
     def _write_txn(self) -> lmdb.Transaction[bytes]:
         txn = self._txn
@@ -205,7 +208,9 @@ class BatchTx:
 
     def consistent_index(self) -> tuple[int, int]:
         """The consistent index including this batch's uncommitted update."""
-        return _decode_consistent_index(self.get("meta", CONSISTENT_INDEX_KEY))
+        if self._consistent is None:
+            self._consistent = _decode_consistent_index(self.get("meta", CONSISTENT_INDEX_KEY))
+        return self._consistent
 
     def set_consistent_index(self, index: int, term: int) -> None:
         """Record that everything up to raft ``index`` is in this batch; never goes back."""
@@ -213,6 +218,7 @@ class BatchTx:
         if index < current:
             raise ValueError(f"backend: consistent index {index} is behind {current}")
         self.put("meta", CONSISTENT_INDEX_KEY, encode_index_term(index, term))
+        self._consistent = (index, term)
 
     def commit(self) -> None:
         """Make every write since the last commit durable (one fsync).
@@ -226,6 +232,7 @@ class BatchTx:
         self._txn = None
         lost, self.pending = self.pending, 0
         self.pending_bytes = 0
+        consistent, self._consistent = self._consistent, None  # unknown if the commit fails
         began = time.perf_counter()
         if faults.CRASH:
             faults.crash_point("backend-before-commit")
@@ -233,6 +240,7 @@ class BatchTx:
             txn.commit()
         except lmdb.MapFullError as exc:
             raise BackendQuotaError(lost) from exc
+        self._consistent = consistent
         if faults.CRASH:
             faults.crash_point("backend-after-commit")
         if self._backend.on_commit is not None:
@@ -246,6 +254,7 @@ class BatchTx:
         self._txn = None
         self.pending = 0
         self.pending_bytes = 0
+        self._consistent = None
         txn.abort()
 
     def _quota_exceeded(self) -> BackendQuotaError:

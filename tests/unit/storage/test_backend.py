@@ -188,6 +188,20 @@ def test_consistent_index_is_committed_with_the_data(be: Backend) -> None:
         batch.set_consistent_index(6, 3)
 
 
+def test_an_aborted_batch_reports_the_committed_consistent_index_again(be: Backend) -> None:
+    batch = be.batch()
+    batch.set_consistent_index(4, 1)
+    be.commit()
+    batch.put("key", b"x", b"1")
+    batch.set_consistent_index(9, 2)
+    assert batch.consistent_index() == (9, 2)
+    batch.abort()
+    assert batch.consistent_index() == (4, 1)
+    batch.set_consistent_index(5, 1)  # not "behind" the aborted 9
+    be.commit()
+    assert be.consistent_index() == (5, 1)
+
+
 def test_uncommitted_batch_is_lost_exactly_and_index_agrees(tmp_path: Path) -> None:
     path = db_path(tmp_path)
     be = Backend(path)
@@ -326,6 +340,7 @@ def test_writing_beyond_the_quota_raises_a_clear_error(tmp_path: Path) -> None:
     # The failed batch is gone as a whole; what was committed stays, with its index.
     assert batch.pending == 0 and not batch.active
     assert be.consistent_index() == (1, 2)
+    assert batch.consistent_index() == (1, 2)  # the batch forgot the lost writes' index too
     assert len(be.range("key", b"", b"\xff")) == 10
     fill(be, 5, index=2, prefix=b"small")  # small writes still fit
     be.close()
