@@ -125,6 +125,9 @@ class Member:
         )
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
+        # Writes proposed since the Raft loop last ran: it hands them to the core as one
+        # batch (one step, one append, one message to the leader from a follower).
+        self._proposals: list[tuple[bytes, asyncio.Future[object]]] = []
         # Ready batches are written and fsynced here, one at a time, off the event loop.
         self._wal_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal")
         self._tasks: list[asyncio.Task[None]] = []
@@ -324,10 +327,7 @@ class Member:
         fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = fut
         try:
-            try:
-                self.node.propose(encode_request(self.id, request_id, request))
-            except ProposalDropped as exc:
-                raise RequestError(*kvconv.ERR_NO_LEADER) from exc
+            self._proposals.append((encode_request(self.id, request_id, request), fut))
             self._wake.set()
             return await self._within_timeout(fut)
         finally:
@@ -537,13 +537,28 @@ class Member:
                 log.warning("auto-compaction at revision %d failed: %s", revision, exc)
         self.compactor.result(revision, ok, asyncio.get_running_loop().time())
 
+    def _flush_proposals(self) -> None:
+        """Hand the writes proposed meanwhile to the Raft core, as one batch."""
+        batch, self._proposals = self._proposals, []
+        try:
+            self.node.propose_batch([data for data, _ in batch])
+        except ProposalDropped:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(RequestError(*kvconv.ERR_NO_LEADER))
+                    self.metrics.proposals_failed.inc()
+
     async def _ready_loop(self) -> None:
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                if self._proposals:
+                    self._flush_proposals()
                 while self.node.has_ready():
                     await self._handle(self.node.ready())
+                    if self._proposals:  # proposed while the WAL thread was writing
+                        self._flush_proposals()
                 if self.hub.unsynced_count:
                     self.hub.sync_unsynced()  # woken by the hub: watchers behind catch up
         except BackendQuotaError as exc:
@@ -575,6 +590,7 @@ class Member:
 
     async def _handle(self, rd: Ready) -> None:
         messages = rd.messages
+        applied_early = 0  # committed entries applied while this Ready's own were written
         if rd.snapshot is not None:
             # A leader's snapshot: its data is the leader's whole backend. Install
             # that first, so the durable snapshot marker is never ahead of it.
@@ -589,9 +605,20 @@ class Member:
             if rd.must_sync and len(rd.entries) > INLINE_SYNC_MAX_ENTRIES:
                 # While this runs, the loop serves requests and steps peers' messages into
                 # the Raft core; the core hands out no other Ready until ``advance``.
-                await asyncio.get_running_loop().run_in_executor(
+                writing = asyncio.get_running_loop().run_in_executor(
                     self._wal_thread, self.log_store.persist, rd
                 )
+                # Committed entries already on this member's disk need not wait for the
+                # new ones: apply them (and answer their clients) during the write.
+                durable = self.node.log.persisted_index()
+                try:
+                    for entry in rd.committed_entries:
+                        if entry.index > durable:
+                            break
+                        self._apply(entry)
+                        applied_early += 1
+                finally:
+                    await writing
             else:
                 self.log_store.persist(rd)  # small: a write and maybe one short fsync
             self.log_store.publish(rd)  # durable before anything depends on it
@@ -599,7 +626,7 @@ class Member:
             if m.type == MessageType.SNAP and m.snapshot is not None:
                 m.snapshot = Snapshot(m.snapshot.metadata, self._backend_image())
         self.transport.send(messages)
-        for entry in rd.committed_entries:
+        for entry in rd.committed_entries[applied_early:]:
             self._apply(entry)
         for rs in rd.read_states:
             self.reads.resolve(rs.request_ctx, rs.index)

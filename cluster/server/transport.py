@@ -27,6 +27,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from cluster.raft import Message, MessageType, Snapshot
 from cluster.storage.codec import CodecError
@@ -139,12 +140,16 @@ class PeerTransport:
         self.options = options or TransportOptions()
         self._peers: dict[int, _Peer] = {}
         self._server: asyncio.Server | None = None
-        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._connections: set[_Incoming] = set()
+        self._all_closed: asyncio.Event | None = None
 
     # -- lifecycle ------------------------------------------------------------
     async def listen(self, host: str, port: int) -> int:
         """Accept peer connections on ``host:port``; returns the bound port."""
-        self._server = await asyncio.start_server(self._accept, host, port, ssl=self.server_ssl)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Incoming(self), host, port, ssl=self.server_ssl
+        )
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
@@ -154,10 +159,13 @@ class PeerTransport:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        for writer in list(self._connections.values()):
-            writer.close()  # the handler's next read fails and it returns
         if self._connections:
-            await asyncio.wait(list(self._connections), timeout=1.0)
+            self._all_closed = asyncio.Event()
+            for conn in list(self._connections):
+                conn.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._all_closed.wait()
 
     # -- peers ------------------------------------------------------------------
     def set_peer(self, peer_id: int, host: str, port: int) -> None:
@@ -198,57 +206,102 @@ class PeerTransport:
         peer.send(batch)
 
     # -- receiving --------------------------------------------------------------
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections[task] = writer
-        try:
-            await self._receive(reader, writer)
-        except (asyncio.IncompleteReadError, ConnectionError, RuntimeError):
-            pass  # the peer went away (uvloop: RuntimeError on a write after that)
-        except (PeerProtocolError, CodecError) as exc:
-            log.warning(
-                "peer connection from %s closed: %s", writer.get_extra_info("peername"), exc
-            )
-        finally:
-            self._connections.pop(task, None)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+    def _connection_made(self, conn: _Incoming) -> None:
+        self._connections.add(conn)
 
-    async def _receive(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        kind, payload = await read_frame(reader)
-        if kind == FrameKind.MEMBERS_QUERY:
-            writer.write(frame(FrameKind.MEMBERS, self.describe()))
-            await writer.drain()
+    def _connection_lost(self, conn: _Incoming) -> None:
+        self._connections.discard(conn)
+        if not self._connections and self._all_closed is not None:
+            self._all_closed.set()
+
+
+class _Incoming(asyncio.Protocol):
+    """One connection a peer opened: frames are parsed as bytes arrive and delivered from
+    the loop's own callback (no reader task to wake for every frame)."""
+
+    def __init__(self, transport: PeerTransport) -> None:
+        self._owner = transport
+        self._buffer = bytearray()
+        self._stream: asyncio.Transport | None = None
+        self._greeted = False
+        self._snapshot: _IncomingSnapshot | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._stream = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._owner._connection_made(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._owner._connection_lost(self)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        at = 0
+        try:
+            while len(buffer) - at >= _FRAME.size:
+                length, kind = _FRAME.unpack_from(buffer, at)
+                if length > MAX_FRAME:
+                    raise PeerProtocolError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+                end = at + _FRAME.size + length
+                if len(buffer) < end:
+                    break
+                try:
+                    frame_kind = FrameKind(kind)
+                except ValueError as exc:
+                    raise PeerProtocolError(f"unknown frame kind {kind}") from exc
+                payload = bytes(buffer[at + _FRAME.size : end])
+                at = end
+                if not self._frame(frame_kind, payload):
+                    return
+        except (PeerProtocolError, CodecError) as exc:
+            assert self._stream is not None
+            log.warning(
+                "peer connection from %s closed: %s", self._stream.get_extra_info("peername"), exc
+            )
+            self.close()
             return
-        if kind != FrameKind.HELLO or len(payload) != _HELLO.size:
-            raise PeerProtocolError("connection did not start with a hello")
-        cluster_id, sender, receiver = _HELLO.unpack(payload)
-        if cluster_id != self.cluster_id:
-            raise PeerProtocolError(
-                f"refused peer {sender:x}: it belongs to cluster {cluster_id:x}, "
-                f"this member to {self.cluster_id:x}"
-            )
-        if receiver != self.member_id:
-            raise PeerProtocolError(
-                f"refused peer {sender:x}: it wants member {receiver:x}, this is {self.member_id:x}"
-            )
-        snapshot: _IncomingSnapshot | None = None
-        while True:
-            kind, payload = await read_frame(reader)
-            if kind == FrameKind.MESSAGES:
-                self.deliver(decode_batch(payload))
-            elif kind == FrameKind.SNAP_BEGIN:
-                message, _ = decode_message(payload)
-                snapshot = _IncomingSnapshot(message)
-            elif kind == FrameKind.SNAP_CHUNK and snapshot is not None:
-                snapshot.add(payload)
-            elif kind == FrameKind.SNAP_END and snapshot is not None:
-                self.deliver([snapshot.finish(payload)])
-                snapshot = None
-            else:
-                raise PeerProtocolError(f"unexpected {kind.name} frame")
+        del buffer[:at]
+
+    def _frame(self, kind: FrameKind, payload: bytes) -> bool:
+        """Handle one frame; False once the connection is done with."""
+        owner = self._owner
+        if not self._greeted:
+            assert self._stream is not None
+            if kind == FrameKind.MEMBERS_QUERY:
+                self._stream.write(frame(FrameKind.MEMBERS, owner.describe()))
+                self._stream.close()  # after the answer is flushed
+                return False
+            if kind != FrameKind.HELLO or len(payload) != _HELLO.size:
+                raise PeerProtocolError("connection did not start with a hello")
+            cluster_id, sender, receiver = _HELLO.unpack(payload)
+            if cluster_id != owner.cluster_id:
+                raise PeerProtocolError(
+                    f"refused peer {sender:x}: it belongs to cluster {cluster_id:x}, "
+                    f"this member to {owner.cluster_id:x}"
+                )
+            if receiver != owner.member_id:
+                raise PeerProtocolError(
+                    f"refused peer {sender:x}: it wants member {receiver:x}, "
+                    f"this is {owner.member_id:x}"
+                )
+            self._greeted = True
+        elif kind == FrameKind.MESSAGES:
+            owner.deliver(decode_batch(payload))
+        elif kind == FrameKind.SNAP_BEGIN:
+            message, _ = decode_message(payload)
+            self._snapshot = _IncomingSnapshot(message)
+        elif kind == FrameKind.SNAP_CHUNK and self._snapshot is not None:
+            self._snapshot.add(payload)
+        elif kind == FrameKind.SNAP_END and self._snapshot is not None:
+            owner.deliver([self._snapshot.finish(payload)])
+            self._snapshot = None
+        else:
+            raise PeerProtocolError(f"unexpected {kind.name} frame")
+        return True
 
 
 class _IncomingSnapshot:
