@@ -278,7 +278,7 @@ async def _watch_bench(workload: str, opts: Options, channels: list[Any], value:
             done += 1
 
     streams.on_all_seen = all_seen
-    kv = pb_grpc.KVStub(channels[0])
+    kvs = [pb_grpc.KVStub(ch) for ch in channels]  # puts spread over every connection
     errors = 0
 
     async def put(i: int) -> None:
@@ -286,7 +286,7 @@ async def _watch_bench(workload: str, opts: Options, channels: list[Any], value:
         k = i % len(streams.keys)
         t = time.perf_counter()
         try:
-            resp = await kv.Put(pb.PutRequest(key=streams.keys[k], value=value))
+            resp = await kvs[i % len(kvs)].Put(pb.PutRequest(key=streams.keys[k], value=value))
         except grpc.aio.AioRpcError:
             errors += 1
             return
