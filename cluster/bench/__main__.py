@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import compare, load, raft, wal
+from . import compare, large, load, raft, wal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     wal.add_parser(workloads)
     load.add_parsers(workloads)
     compare.add_parser(workloads)
+    large.add_parser(workloads)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -1,17 +1,22 @@
 """The stored value of a revision: ``KeyValue`` and its one encoding.
 
 ``encode_kv``/``decode_kv`` are the only place that knows how a ``KeyValue``
-is laid out in the ``key`` bucket. They write exactly the protobuf wire format
-of etcd's ``mvccpb.KeyValue`` (fields 1..6 in order, zero values omitted, as
-gogoproto and the Python protobuf runtime both marshal it), by hand: the bytes
-on disk are already etcd's, so ``hash_kv`` agrees with etcd for the same
-history, and switching these two functions to ``cluster.proto.mvccpb.kv_pb2``
-later changes no stored data.
+is laid out in the ``key`` bucket: exactly the protobuf wire format of etcd's
+``mvccpb.KeyValue`` (fields 1..6 in order, zero values omitted, as gogoproto
+and the Python protobuf runtime both marshal it), so the bytes on disk are
+etcd's and ``hash_kv`` agrees with etcd for the same history. Encoding is by
+hand (a few bytes, and no message object to build); decoding uses
+``cluster.proto.mvccpb.kv_pb2``'s C parser, which a restart relies on to
+decode every stored revision quickly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from cluster.proto.mvccpb import kv_pb2
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +36,9 @@ class KVCodecError(ValueError):
 
 
 _U64 = 1 << 64
-_I64_SIGN = 1 << 63
+# protobuf's C (upb) parser: about ten times faster than parsing in Python, which
+# matters when a restart decodes every stored revision to rebuild the index.
+_parse = kv_pb2.KeyValue.FromString
 
 
 def _varint(n: int, out: bytearray) -> None:
@@ -72,56 +79,23 @@ def encode_kv(kv: KeyValue) -> bytes:
     return bytes(out)
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        if pos >= len(data):
-            raise KVCodecError("truncated varint")
-        b = data[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return n, pos
-        shift += 7
-        if shift >= 70:
-            raise KVCodecError("varint longer than ten bytes")
-
-
-def _int64(n: int) -> int:
-    n &= _U64 - 1
-    return n - _U64 if n & _I64_SIGN else n
-
-
 def decode_kv(data: bytes) -> KeyValue:
     """Parse an mvccpb.KeyValue; unknown fields are skipped, as protobuf does."""
-    key = value = b""
-    ints = [0, 0, 0, 0, 0, 0, 0]  # by field number; 2, 3, 4, 6 are used
-    pos, end = 0, len(data)
-    while pos < end:
-        tag, pos = _read_varint(data, pos)
-        field, wire = tag >> 3, tag & 7
-        if field == 0:
-            raise KVCodecError("field number 0")
-        if wire == 0:
-            n, pos = _read_varint(data, pos)
-            if field in (2, 3, 4, 6):
-                ints[field] = _int64(n)
-        elif wire == 2:
-            size, pos = _read_varint(data, pos)
-            if pos + size > end:
-                raise KVCodecError(f"field {field} runs past the end")
-            chunk = bytes(data[pos : pos + size])
-            pos += size
-            if field == 1:
-                key = chunk
-            elif field == 5:
-                value = chunk
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise KVCodecError(f"field {field} has wire type {wire}")
-    if pos != end:
-        raise KVCodecError("truncated fixed-width field")
-    return KeyValue(key, ints[2], ints[3], ints[4], value, ints[6])
+    try:
+        m = _parse(data)
+    except DecodeError as exc:
+        raise KVCodecError(str(exc)) from None
+    return KeyValue(m.key, m.create_revision, m.mod_revision, m.version, m.value, m.lease)
+
+
+def decode_index_fields(data: bytes) -> tuple[bytes, int, int, int]:
+    """(key, create_revision, version, lease) of an encoded KeyValue: what a restart needs.
+
+    Rebuilding the index on open decodes every stored revision; this skips
+    building a ``KeyValue`` (and copying the value out) for each.
+    """
+    try:
+        m = _parse(data)
+    except DecodeError as exc:
+        raise KVCodecError(str(exc)) from None
+    return m.key, m.create_revision, m.version, m.lease

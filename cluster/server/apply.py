@@ -86,8 +86,9 @@ class Applier:
         self.hub.restore(self.kv)
 
     def _attach_leased_keys(self) -> None:
-        result = self.kv.range(b"\0", b"\0")
-        self.lessor.recover_attachments((kv.key, kv.lease) for kv in result.kvs if kv.lease)
+        # Collected while the store scanned the backend: ranging over every key here
+        # instead took seconds and a copy of the whole store in memory with 1M keys.
+        self.lessor.recover_attachments(self.kv.loaded_leases().items())
 
     # -- applying ---------------------------------------------------------------------------
     def apply(self, request: object, now: float, index: int = 0) -> Applied:
