@@ -180,12 +180,12 @@ def compare(scale: float, as_json: bool) -> int:
             for row, o, e in results
         ]))  # fmt: skip
         return 0
-    print(f"{'workload':36} {'ours req/s':>11} {'etcd req/s':>11} {'ratio':>6} "
+    print(f"{'workload':42} {'ours req/s':>11} {'etcd req/s':>11} {'ratio':>6} "
           f"{'ours p50':>9} {'etcd p50':>9} {'ours p99':>9} {'etcd p99':>9}")  # fmt: skip
     for row, o, e in results:
         latency = row.workload.startswith("watch")
         print(
-            f"{row.name:36} {o.rate:11.0f} {e.rate:11.0f} {_ratio(o, e, latency):6.2f} "
+            f"{row.name:42} {o.rate:11.0f} {e.rate:11.0f} {_ratio(o, e, latency):6.2f} "
             f"{o.percentile(50) * 1000:8.2f}m {e.percentile(50) * 1000:8.2f}m "
             f"{o.percentile(99) * 1000:8.2f}m {e.percentile(99) * 1000:8.2f}m"
         )
