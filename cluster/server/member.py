@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import struct
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -45,7 +46,7 @@ from cluster.raft import (
     Snapshot,
     StateType,
 )
-from cluster.storage.backend import Backend, BackendQuotaError, install_snapshot
+from cluster.storage.backend import Backend, BackendQuotaError, commit_snapshot, prepare_snapshot
 from cluster.storage.durable import Retention, has_raft_log, open_raft_log
 from cluster.tls import peer_client_context, peer_server_context
 from cluster.watch import WatchHub
@@ -211,6 +212,7 @@ class Member:
             self._receive,
             on_unreachable=self.node.report_unreachable,
             on_snapshot_status=self.node.report_snapshot,
+            snapshot_source=self._backend_image,
             describe=lambda: describe_members(self.cluster_id, self.members()),
             server_ssl=peer_server_context(cfg.peer_tls) if cfg.peer_tls else None,
             client_ssl=peer_client_context(cfg.peer_tls) if cfg.peer_tls else None,
@@ -594,7 +596,7 @@ class Member:
         if rd.snapshot is not None:
             # A leader's snapshot: its data is the leader's whole backend. Install
             # that first, so the durable snapshot marker is never ahead of it.
-            self._install_backend(rd.snapshot.data)
+            await self._install_backend(rd.snapshot.data)
             rd.snapshot = Snapshot(rd.snapshot.metadata, b"")  # the .snap file keeps metadata
             self.conf = rd.snapshot.metadata.conf_state
             self.log_store.save(rd)  # rare: on the loop, before anything depends on it
@@ -622,9 +624,8 @@ class Member:
             else:
                 self.log_store.persist(rd)  # small: a write and maybe one short fsync
             self.log_store.publish(rd)  # durable before anything depends on it
-        for m in messages:
-            if m.type == MessageType.SNAP and m.snapshot is not None:
-                m.snapshot = Snapshot(m.snapshot.metadata, self._backend_image())
+        # A MsgSnap's data (this member's backend) is produced by the peer's transport
+        # when it sends it (``_backend_image``), off this loop.
         self.transport.send(messages)
         for entry in rd.committed_entries[applied_early:]:
             self._apply(entry)
@@ -711,25 +712,36 @@ class Member:
             )
         return resp
 
-    def _backend_image(self) -> bytes:
-        """The committed backend as one blob of length-prefixed stream chunks."""
-        self.backend.commit()
-        return b"".join(
-            len(chunk).to_bytes(4, "big") + chunk for chunk in self.backend.snapshot_chunks()
-        )
+    async def _backend_image(self, m: Message) -> Iterator[bytes]:
+        """The committed backend as length-prefixed stream chunks, for a MsgSnap's data.
 
-    def _install_backend(self, image: bytes) -> None:
-        """Replace this member's backend with a leader's (checksummed, atomic)."""
-        chunks = []
-        at = 0
-        while at < len(image):
-            size = int.from_bytes(image[at : at + 4], "big")
-            chunks.append(image[at + 4 : at + 4 + size])
-            at += 4 + size
+        Runs when the transport sends ``m``, not in the Raft loop: the batch is
+        committed here on the loop (it owns the batch), then the consistent copy,
+        the slow part, is made in a worker thread; the chunks are read from that
+        copy as they are sent, so the image never exists as one blob.
+        """
+        backend = self.backend
+        backend.commit()
+        loop = asyncio.get_running_loop()
+        return _length_prefixed(await loop.run_in_executor(None, backend.snapshot_chunks))
+
+    async def _install_backend(self, image: bytes) -> None:
+        """Replace this member's backend with a leader's (checksummed, atomic).
+
+        The image is written, checked and fsynced beside the db in a worker thread
+        while the loop serves reads from the old backend (the Raft loop waits here,
+        so nothing is applied meanwhile); only the rename and reopen are on the loop.
+        """
         path = self.backend.path
+        await asyncio.get_running_loop().run_in_executor(
+            None,
+            functools.partial(
+                prepare_snapshot, path, _split_image(image), member_ids=(self.id, self.cluster_id)
+            ),
+        )
         self.backend.batch().abort()  # whatever it held is superseded by the image
         self.backend.close()
-        install_snapshot(path, chunks, member_ids=(self.id, self.cluster_id))
+        commit_snapshot(path)
         if faults.CRASH:
             faults.crash_point("snapshot-apply")
         self.backend = Backend(path, quota_bytes=hard_limit(self.cfg.quota_backend_bytes))
@@ -898,3 +910,22 @@ class Member:
                 self.node.term,
                 self.kv.current_revision,
             )
+
+
+def _length_prefixed(chunks: Generator[bytes, None, None]) -> Iterator[bytes]:
+    """``chunks`` each behind its 4-byte length; closing this closes ``chunks`` (its file)."""
+    try:
+        for chunk in chunks:
+            yield len(chunk).to_bytes(4, "big") + chunk
+    finally:
+        chunks.close()
+
+
+def _split_image(image: bytes) -> Iterator[bytes]:
+    """The stream chunks of a ``_backend_image``, one at a time (never all copied at once)."""
+    view = memoryview(image)
+    at = 0
+    while at < len(view):
+        size = int.from_bytes(view[at : at + 4], "big")
+        yield bytes(view[at + 4 : at + 4 + size])
+        at += 4 + size

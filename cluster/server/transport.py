@@ -25,7 +25,7 @@ import logging
 import ssl
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -113,6 +113,12 @@ def _noop_snapshot_status(peer_id: int, ok: bool) -> None:
     return None
 
 
+# Produces a MsgSnap's data when it is sent, as blocks whose concatenation is the data:
+# awaited on the loop (it does its heavy work in a worker thread), then iterated on the
+# loop between drains, so a large snapshot never exists as one blob nor stalls the loop.
+SnapshotSource = Callable[[Message], Awaitable[Iterable[bytes]]]
+
+
 class PeerTransport:
     """Sends and receives one member's Raft messages. Use from one event loop."""
 
@@ -124,6 +130,7 @@ class PeerTransport:
         *,
         on_unreachable: Callable[[int], None] = _noop_unreachable,
         on_snapshot_status: Callable[[int, bool], None] = _noop_snapshot_status,
+        snapshot_source: SnapshotSource | None = None,
         describe: Callable[[], bytes] = _no_members,
         options: TransportOptions | None = None,
         server_ssl: ssl.SSLContext | None = None,
@@ -134,6 +141,7 @@ class PeerTransport:
         self.deliver = deliver
         self.on_unreachable = on_unreachable
         self.on_snapshot_status = on_snapshot_status
+        self.snapshot_source = snapshot_source  # None: a MsgSnap carries its data
         self.describe = describe
         self.server_ssl = server_ssl  # TLS for peers dialing in (https peer URLs)
         self.client_ssl = client_ssl  # TLS when dialing peers
@@ -467,14 +475,39 @@ class _Peer:
             await writer.drain()
 
     async def _send_snapshot(self, writer: asyncio.StreamWriter, m: Message) -> None:
-        assert m.snapshot is not None
-        data = m.snapshot.data
-        writer.write(frame(FrameKind.SNAP_BEGIN, encode_message(m, with_snapshot_data=False)))
-        step = self.transport.options.snapshot_chunk
-        for at in range(0, len(data), step):
-            writer.write(frame(FrameKind.SNAP_CHUNK, data[at : at + step]))
+        """Stream ``m``'s snapshot, then report it; a failure is reported as such.
+
+        The data comes from the transport's ``snapshot_source`` (else ``m`` carries it)
+        and is prepared before BEGIN goes out, so a source that fails leaves the
+        connection usable. Once BEGIN is written, any failure closes the connection
+        (by raising): the receiver must not take a truncated stream for a new one's start.
+        """
+        ok = False
+        blocks: Iterable[bytes] = ()
+        try:
+            assert m.snapshot is not None
+            source = self.transport.snapshot_source
+            try:
+                blocks = await source(m) if source is not None else [m.snapshot.data]
+            except Exception:
+                log.warning("preparing a snapshot for peer %x failed", self.id, exc_info=True)
+                return
+            writer.write(frame(FrameKind.SNAP_BEGIN, encode_message(m, with_snapshot_data=False)))
+            step = self.transport.options.snapshot_chunk
+            digest = hashlib.sha256()
+            size = 0
+            for block in blocks:  # hashed as it goes out: never the whole data at once
+                digest.update(block)
+                size += len(block)
+                view = memoryview(block)
+                for at in range(0, len(view), step):
+                    writer.write(frame(FrameKind.SNAP_CHUNK, bytes(view[at : at + step])))
+                    await writer.drain()
+            writer.write(frame(FrameKind.SNAP_END, _SNAP_END.pack(digest.digest(), size)))
             await writer.drain()
-        trailer = _SNAP_END.pack(hashlib.sha256(data).digest(), len(data))
-        writer.write(frame(FrameKind.SNAP_END, trailer))
-        await writer.drain()
-        self.transport.on_snapshot_status(self.id, True)
+            ok = True
+        finally:
+            close = getattr(blocks, "close", None)  # a generator over a temp file
+            if close is not None:
+                close()
+            self.transport.on_snapshot_status(self.id, ok)

@@ -30,7 +30,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import IO
 
 import lmdb
@@ -324,6 +324,9 @@ class Backend:
         self._last_commit: float | None = None
         self.on_commit: Callable[[float], None] | None = None  # seconds per commit (metrics)
         self._closed = False
+        # Held while ``snapshot_chunks`` copies the environment (maybe in a worker thread)
+        # and while ``close``/``defrag`` close it: never closed under a running copy.
+        self._env_guard = threading.Lock()
 
     def _open_env(self) -> lmdb.Environment:
         try:
@@ -444,13 +447,17 @@ class Backend:
         return pages * stats[0]["psize"]
 
     # -- snapshot ------------------------------------------------------------------
-    def snapshot_chunks(self, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
+    def snapshot_chunks(self, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Generator[bytes, None, None]:
         """A consistent, compacted copy of the committed database as framed chunks.
 
         The copy is taken now, into an unlinked temp file beside the db (so a
         crash leaves nothing behind); commit the batch first if its writes
         must be included. Chunks are ``CHUNK_DATA + payload``, then one
         ``CHUNK_TRAILER + sha256 + u64 length``.
+
+        May run in a worker thread (the copy is a read transaction; it does not
+        touch the batch, and LMDB releases the GIL meanwhile): ``close`` and
+        ``defrag`` wait for the copy before closing the environment.
         """
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
@@ -458,7 +465,10 @@ class Backend:
         os.unlink(tmp)
         f = os.fdopen(fd, "w+b")
         try:
-            self.env.copyfd(fd, compact=True)
+            with self._env_guard:
+                if self._closed:
+                    raise BackendError(f"backend: {self.path} is closed")
+                self.env.copyfd(fd, compact=True)
             f.seek(0)
         except BaseException:
             f.close()
@@ -491,18 +501,19 @@ class Backend:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        self.env.close()
-        try:
-            os.rename(tmp, self.path)
-            dir_fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+        with self._env_guard:  # a snapshot copy in a worker thread finishes first
+            self.env.close()
             try:
-                os.fsync(dir_fd)
+                os.rename(tmp, self.path)
+                dir_fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
             finally:
-                os.close(dir_fd)
-        finally:
-            # Whatever the rename did, reopen what is at the path now (old or new: same data).
-            self.env = self._open_env()
-            self.dbs = self._open_buckets()
+                # Whatever the rename did, reopen what is at the path (old or new: same data).
+                self.env = self._open_env()
+                self.dbs = self._open_buckets()
 
     def close(self) -> None:
         """Commit the pending batch (as etcd does on shutdown) and close the environment."""
@@ -511,11 +522,12 @@ class Backend:
         try:
             self._batch.commit()
         finally:
-            self._closed = True
-            self.env.close()
+            with self._env_guard:  # a snapshot copy in a worker thread finishes first
+                self._closed = True
+                self.env.close()
 
 
-def _framed(f: IO[bytes], chunk_size: int) -> Iterator[bytes]:
+def _framed(f: IO[bytes], chunk_size: int) -> Generator[bytes, None, None]:
     digest = hashlib.sha256()
     total = 0
     with f:
@@ -538,13 +550,29 @@ def install_snapshot(
 ) -> None:
     """Replace the db at ``db_path`` with a streamed snapshot, all or nothing.
 
+    ``prepare_snapshot`` then ``commit_snapshot``; the backend must be closed
+    before the commit (it may stay open while the snapshot is prepared).
+    """
+    prepare_snapshot(db_path, chunks, fs, member_ids=member_ids)
+    commit_snapshot(db_path, fs)
+
+
+def prepare_snapshot(
+    db_path: str,
+    chunks: Iterable[bytes],
+    fs: FileSystem | None = None,
+    *,
+    member_ids: tuple[int, int] | None = None,
+) -> None:
+    """Write a streamed snapshot beside the db at ``db_path``, ready for ``commit_snapshot``.
+
     The stream goes to ``db_path + ".tmp"``; only when its trailer's checksum
-    and length match is it fsynced and renamed over the db (then the directory
-    is fsynced). Otherwise ``SnapshotStreamError``, and the temp file is
-    removed: the old db is untouched. The backend must be closed meanwhile.
+    and length match is it kept, fsynced. Otherwise ``SnapshotStreamError``,
+    and the temp file is removed: the db is untouched. It does not touch the
+    db itself, so it may run in a worker thread while the backend is open.
     A leader's backend carries the leader's ids: ``member_ids`` (the receiving
-    member's) replaces them before the rename, so the db is never, even after
-    a crash, one that names another member.
+    member's) replaces them, so the db is never, even after a crash, one that
+    names another member.
     """
     fs = fs or OsFileSystem()
     tmp = db_path + ".tmp"
@@ -563,7 +591,12 @@ def install_snapshot(
         with contextlib.suppress(OSError):
             fs.remove(tmp)
         raise
-    fs.rename(tmp, db_path)
+
+
+def commit_snapshot(db_path: str, fs: FileSystem | None = None) -> None:
+    """Rename the prepared snapshot over the (closed) db, then fsync the directory."""
+    fs = fs or OsFileSystem()
+    fs.rename(db_path + ".tmp", db_path)
     fs.sync_dir(os.path.dirname(db_path) or ".")
 
 
