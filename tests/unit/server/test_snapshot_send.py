@@ -61,6 +61,40 @@ async def test_a_snapshot_source_streams_its_blocks_and_messages_wait_behind_it(
     await b.transport.close()
 
 
+async def test_a_long_snapshot_lets_the_loop_run_between_chunks() -> None:
+    a, b = await _Member(1).start(), await _Member(2).start()
+    blocks = [bytes([i % 256]) * 2000 for i in range(200)]  # 400 chunks of FAST's 1000 bytes
+    ticks = 0
+    sending = True
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while sending:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def source(m: Message) -> Iterable[bytes]:
+        return iter(blocks)
+
+    a.transport.snapshot_source = source
+    a.transport.set_peer(2, "127.0.0.1", b.port)
+    await _connected(a, b)
+    task = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    before = ticks
+    snap = Snapshot(SnapshotMetadata(77, 5, ConfState(frozenset({1, 2}))))
+    a.transport.send([Message(MessageType.SNAP, to=2, frm=1, term=5, snapshot=snap)])
+    await b.wait_for(1)
+    sending = False
+    await task
+    assert b.received[0].snapshot is not None
+    assert b.received[0].snapshot.data == b"".join(blocks)
+    # the sender gave the loop back at least once per chunk (loopback never blocks it)
+    assert ticks - before >= 400
+    await a.transport.close()
+    await b.transport.close()
+
+
 async def test_a_failing_snapshot_source_is_reported_and_the_stream_goes_on() -> None:
     a, b = await _Member(1).start(), await _Member(2).start()
 
