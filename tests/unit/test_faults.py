@@ -193,6 +193,7 @@ def test_snapshot_save_leaves_a_snap_file_that_recovery_does_not_trust(tmp_path:
 def test_snapshot_apply_crashes_with_the_leaders_db_in_place(tmp_path: Path) -> None:
     done = _run(
         """
+        import asyncio
         from types import SimpleNamespace
         from cluster.server.member import Member
 
@@ -205,7 +206,7 @@ def test_snapshot_apply_crashes_with_the_leaders_db_in_place(tmp_path: Path) -> 
         mine.batch().set_consistent_index(5, 1)
         mine.commit()
         stub = SimpleNamespace(backend=mine, id=M, cluster_id=C)
-        Member._install_backend(stub, image)  # type: ignore[arg-type]
+        asyncio.run(Member._install_backend(stub, image))  # type: ignore[arg-type]
         print("installed", flush=True)
         """,
         tmp_path,

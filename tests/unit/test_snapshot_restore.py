@@ -18,14 +18,11 @@ import grpc
 import pytest
 
 from cluster import snapshot
-from cluster.config import load, parse_initial_cluster, parse_urls
+from cluster.config import parse_initial_cluster, parse_urls
 from cluster.mvcc.kv import KeyValue, encode_kv
 from cluster.mvcc.revision import Revision
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
-from cluster.server.kv import grpc_server_options
-from cluster.server.member import Member
-from cluster.server.services import add_services
 from cluster.snapshot import (
     Connection,
     RestoreConfig,
@@ -41,7 +38,7 @@ from cluster.storage.backend import Backend
 from cluster.storage.bolt import BoltWriter
 from cluster.storage.durable import MemberPaths, open_raft_log
 from tests.e2e.procs import free_ports
-from tests.unit.server.live import LiveMember, start_member
+from tests.unit.server.live import LiveMember, serve_member, start_member
 
 TOKEN = "restored"
 
@@ -71,28 +68,6 @@ def _restore_config(snap: Path, data_dir: Path, name: str, peers: dict[str, int]
         initial_cluster=parse_initial_cluster(initial),
         initial_cluster_token=TOKEN,
         initial_advertise_peer_urls=parse_urls(f"http://127.0.0.1:{peers[name]}", "x"),
-    )
-
-
-async def _serve(argv: list[str], client: int) -> LiveMember:
-    """A member from ``argv``, served as ``cluster.cli.serve`` does (see live.py)."""
-    cfg = load(argv, {})
-    member = Member(cfg)
-    await member.start()
-    server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
-    closers = add_services(server, member)
-    endpoint = f"127.0.0.1:{client}"
-    server.add_insecure_port(endpoint)
-    await server.start()
-    channel = grpc.aio.insecure_channel(endpoint)
-    return LiveMember(
-        member,
-        server,
-        channel,
-        endpoint,
-        pb_grpc.MaintenanceStub(channel),
-        pb_grpc.KVStub(channel),
-        closers,
     )
 
 
@@ -149,7 +124,7 @@ async def test_save_restore_and_serve_the_same_data(source: LiveMember, tmp_path
     assert result.index == 1 and os.path.isdir(data_dir)
     assert not [p for p in tmp_path.iterdir() if ".restore-" in p.name]
 
-    lm = await _serve(_flags("solo", data_dir, peers, client), client)
+    lm = await serve_member(_flags("solo", data_dir, peers, client), client)
     try:
         await lm.wait_leader()
         assert (lm.member.id, lm.member.cluster_id) == (result.member_id, result.cluster_id)

@@ -62,14 +62,19 @@ async def start_member(data_dir: Path, *, extra_peers: int = 0, **flags: str) ->
         "--election-timeout=100",
         *(f"--{name.replace('_', '-')}={value}" for name, value in flags.items()),
     ]
+    return await serve_member(argv, client)
+
+
+async def serve_member(argv: list[str], client: int) -> LiveMember:
+    """A member from etcd-style ``argv``, served on 127.0.0.1:``client`` as ``cli.serve`` does."""
     cfg = load(argv, {})
     member = Member(cfg)
     await member.start()
     server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
     closers = add_services(server, member)
-    server.add_insecure_port(f"127.0.0.1:{client}")
-    await server.start()
     endpoint = f"127.0.0.1:{client}"
+    server.add_insecure_port(endpoint)
+    await server.start()
     channel = grpc.aio.insecure_channel(endpoint)
     return LiveMember(
         member,

@@ -17,17 +17,10 @@ import threading
 from collections.abc import Generator, Iterable
 from pathlib import Path
 
-import grpc
-
-from cluster.config import load
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
-from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from cluster.raft import ConfState, Message, MessageType, Snapshot, SnapshotMetadata
-from cluster.server.kv import grpc_server_options
-from cluster.server.member import Member
-from cluster.server.services import add_services
 from tests.e2e.procs import free_ports
-from tests.unit.server.live import LiveMember
+from tests.unit.server.live import LiveMember, serve_member
 from tests.unit.server.test_transport import _app, _connected, _Member
 
 KEYS = 3000
@@ -130,24 +123,7 @@ async def _start(data_dir: Path, name: str, client: int, peers: list[int]) -> Li
         "--snapshot-count=200",
         "--experimental-snapshot-catchup-entries=10",
     ]
-    cfg = load(argv, {})
-    member = Member(cfg)
-    await member.start()
-    server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
-    closers = add_services(server, member)
-    server.add_insecure_port(f"127.0.0.1:{client}")
-    await server.start()
-    endpoint = f"127.0.0.1:{client}"
-    channel = grpc.aio.insecure_channel(endpoint)
-    return LiveMember(
-        member,
-        server,
-        channel,
-        endpoint,
-        pb_grpc.MaintenanceStub(channel),
-        pb_grpc.KVStub(channel),
-        closers,
-    )
+    return await serve_member(argv, client)
 
 
 async def _leader(members: list[LiveMember]) -> LiveMember:
