@@ -36,6 +36,7 @@ import bcrypt
 from google.protobuf.message import DecodeError
 from sortedcontainers import SortedDict  # type: ignore[import-untyped]
 
+from cluster.errors import EtcdError
 from cluster.proto.authpb import auth_pb2 as authpb
 from cluster.storage.backend import Backend, BatchTx
 
@@ -85,21 +86,10 @@ def _copy_perm(perm: authpb.Permission) -> authpb.Permission:
 # -- errors ----------------------------------------------------------------------------
 
 
-class AuthError(Exception):
-    """Base class; ``str(err)`` is etcd's message, ``grpc_code`` a ``grpc.StatusCode`` name.
-
-    Messages and codes are etcd's ``ErrGRPC*`` of api/v3rpc/rpctypes/error.go.
-    """
+class AuthError(EtcdError):
+    """Base class. Messages and codes are etcd's ``ErrGRPC*`` of api/v3rpc/rpctypes/error.go."""
 
     message: ClassVar[str] = "etcdserver: auth error"
-    grpc_code: ClassVar[str] = "UNKNOWN"
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or self.message)
-
-    @property
-    def grpc_message(self) -> str:
-        return str(self)
 
 
 class RootUserNotExistError(AuthError):

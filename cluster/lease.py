@@ -31,6 +31,7 @@ from typing import ClassVar
 
 from google.protobuf.message import DecodeError
 
+from cluster.errors import EtcdError
 from cluster.proto.leasepb import lease_pb2
 from cluster.storage.backend import Backend
 
@@ -76,18 +77,10 @@ def lease_key(lease_id: int) -> bytes:
 # -- errors ---------------------------------------------------------------------------
 
 
-class LeaseError(Exception):
-    """Base class; ``str(err)`` is etcd's message, ``grpc_code`` a ``grpc.StatusCode`` name."""
+class LeaseError(EtcdError):
+    """Base class."""
 
     message: ClassVar[str] = "lease: error"
-    grpc_code: ClassVar[str] = "UNKNOWN"
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or self.message)
-
-    @property
-    def grpc_message(self) -> str:
-        return str(self)
 
 
 class LeaseNotFoundError(LeaseError):

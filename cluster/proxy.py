@@ -55,7 +55,7 @@ from typing import Any, Final, NoReturn
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
-from cluster.client._core import CHANNEL_OPTIONS, TLSConfig
+from cluster.client._core import CHANNEL_OPTIONS, TLSConfig, never_sent
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.v3electionpb import v3election_pb2
 from cluster.proto.v3lockpb import v3lock_pb2
@@ -93,15 +93,6 @@ IDEMPOTENT: Final = frozenset(
 # Streams that may be reopened on another endpoint without the client noticing.
 RESUMABLE_STREAMS: Final = frozenset({"/etcdserverpb.Lease/LeaseKeepAlive"})
 
-# Transport errors that prove the request never left the proxy (as cluster.client's).
-_NOT_SENT: Final = (
-    "failed to connect to all addresses",
-    "connection refused",
-    "dns resolution failed",
-    "no address available",
-    "no connection available",
-    "name resolution failure",
-)
 # Metadata that belongs to one hop (HTTP/2 and gRPC's own), never forwarded.
 _HOP_METADATA: Final = frozenset({"user-agent", "content-type", "te", "grpc-accept-encoding"})
 
@@ -138,7 +129,7 @@ def _retryable(exc: grpc.aio.AioRpcError, idempotent: bool) -> bool:
     details = (exc.details() or "").lower()
     if idempotent or "etcdserver: no leader" in details:
         return True
-    return any(marker in details for marker in _NOT_SENT)
+    return never_sent(details)
 
 
 def _background(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

@@ -38,7 +38,7 @@ from cluster.client.errors import (
     WatchCanceledError,
 )
 from cluster.client.sync import Client, HeldLock, Leadership, Lease, Observation, Watch
-from cluster.client.txn import Compare, Op, prefix_range_end
+from cluster.client.txn import Compare, Op
 from cluster.client.types import (
     Alarm,
     DeleteResponse,
@@ -57,6 +57,7 @@ from cluster.client.types import (
     TxnResponse,
     WatchResponse,
 )
+from cluster.keyspace import prefix_range_end
 
 __all__ = [
     "Alarm",

@@ -54,6 +54,12 @@ _NOT_SENT = (
 )
 
 
+def never_sent(details: str) -> bool:
+    """Does this transport error prove the request never left (nothing can have applied)?"""
+    details = details.lower()
+    return any(marker in details for marker in _NOT_SENT)
+
+
 def parse_endpoints(endpoints: Endpoints) -> tuple[list[str], bool]:
     """``"a:2379,b:2379"`` or a list; ``http://`` / ``https://`` schemes are accepted.
 
@@ -111,8 +117,7 @@ def is_retryable(err: EtcdError, idempotent: bool) -> bool:
     if idempotent or isinstance(err, NoLeaderError):
         return True
     if isinstance(err, ConnectionFailedError):
-        msg = err.message.lower()
-        return any(marker in msg for marker in _NOT_SENT)
+        return never_sent(err.message)
     return False
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Literal, Protocol
 
+from cluster.keyspace import prefix_range_end
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 
 __all__ = [
@@ -54,17 +55,6 @@ def lease_id(lease: LeaseLike | None) -> int:
     if lease is None:
         return 0
     return lease if isinstance(lease, int) else int(lease.id)
-
-
-def prefix_range_end(prefix: bytes) -> bytes:
-    """The range end covering every key that starts with ``prefix`` (etcd's GetPrefixRangeEnd)."""
-    end = bytearray(prefix)
-    while end:
-        if end[-1] < 0xFF:
-            end[-1] += 1
-            return bytes(end)
-        end.pop()
-    return b"\0"  # every key
 
 
 def key_range(

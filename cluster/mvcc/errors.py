@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from cluster.errors import EtcdError
 
-class MVCCError(Exception):
+
+class MVCCError(EtcdError):
     """Base class; ``str(err)`` is etcd's message."""
 
     message: ClassVar[str] = "mvcc: error"
-    grpc_code: ClassVar[str] = "UNKNOWN"
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or self.message)
 
     @property
     def grpc_message(self) -> str:

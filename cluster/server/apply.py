@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import grpc
-
 from cluster.auth import AuthStore
 from cluster.lease import (
     LeaseError,
@@ -38,11 +36,6 @@ Applied = (
     | pb.LeaseRevokeResponse
     | pb.LeaseCheckpointResponse
 )
-
-
-def lease_error(exc: LeaseError) -> RequestError:
-    """The lessor's error as etcd answers it (code and message)."""
-    return RequestError(grpc.StatusCode[exc.grpc_code], exc.grpc_message)
 
 
 class Applier:
@@ -117,14 +110,14 @@ class Applier:
         try:
             lease = self.lessor.grant(req.ID, req.TTL, now)
         except LeaseError as exc:
-            raise lease_error(exc) from exc
+            raise RequestError.from_error(exc) from exc
         return pb.LeaseGrantResponse(ID=lease.id, TTL=lease.ttl)
 
     def _revoke(self, req: pb.LeaseRevokeRequest) -> pb.LeaseRevokeResponse:
         try:
             keys = self.lessor.revoke(req.ID)
         except LeaseError as exc:
-            raise lease_error(exc) from exc
+            raise RequestError.from_error(exc) from exc
         if keys:
             result = self.kv.delete_keys(keys)
             self._changed(result.changes)

@@ -24,7 +24,6 @@ from cluster.auth import (
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 
-from .authz import auth_error
 from .kvconv import RequestError
 from .member import Member
 
@@ -57,7 +56,7 @@ class AuthServicer(pb_grpc.AuthServicer):
         try:
             hashed = await asyncio.to_thread(store.hash_password, password)
         except AuthError as exc:
-            await _abort(context, auth_error(exc))
+            await _abort(context, RequestError.from_error(exc))
         return encode_hashed_password(hashed)
 
     async def _read_check(self, context: Any) -> None:
@@ -90,20 +89,20 @@ class AuthServicer(pb_grpc.AuthServicer):
         store = m.auth
         try:
             if not store.enabled:
-                raise auth_error(AuthNotEnabledError())
+                raise RequestError.from_error(AuthNotEnabledError())
             if not store.attempt_allowed(request.name, asyncio.get_running_loop().time()):
-                raise auth_error(TooManyRequestsError())
+                raise RequestError.from_error(TooManyRequestsError())
             for _ in range(3):  # etcd: check again if the auth store changed meanwhile
                 revision = store.revision
                 ok = await asyncio.to_thread(store.check_password, request.name, request.password)
                 if not ok:
-                    raise auth_error(AuthFailedError())
+                    raise RequestError.from_error(AuthFailedError())
                 entry = pb.AuthenticateRequest(name=request.name, password=new_token_prefix())
                 resp = await m.write(entry)
                 if store.revision == revision:
                     assert isinstance(resp, pb.AuthenticateResponse)
                     return resp
-            raise auth_error(AuthFailedError())
+            raise RequestError.from_error(AuthFailedError())
         except RequestError as err:
             await _abort(context, err)
 
@@ -121,7 +120,7 @@ class AuthServicer(pb_grpc.AuthServicer):
         try:
             roles = self.member.auth.user_get(request.name)
         except AuthError as exc:
-            await _abort(context, auth_error(exc))
+            await _abort(context, RequestError.from_error(exc))
         return pb.AuthUserGetResponse(header=self.member.header(), roles=roles)
 
     async def UserList(self, request: pb.AuthUserListRequest, context: Any) -> Any:
@@ -155,7 +154,7 @@ class AuthServicer(pb_grpc.AuthServicer):
         try:
             perms = self.member.auth.role_get(request.role)
         except AuthError as exc:
-            await _abort(context, auth_error(exc))
+            await _abort(context, RequestError.from_error(exc))
         return pb.AuthRoleGetResponse(header=self.member.header(), perm=perms)
 
     async def RoleList(self, request: pb.AuthRoleListRequest, context: Any) -> Any:

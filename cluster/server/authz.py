@@ -40,6 +40,7 @@ from cluster.auth import (
     decode_hashed_password,
     token_index,
 )
+from cluster.keyspace import prefix_range_end
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 
 from .handlers import Handler, replace
@@ -47,27 +48,12 @@ from .kvconv import RequestError
 from .requests import AuthRequest
 
 
-def auth_error(exc: AuthError) -> RequestError:
-    return RequestError(grpc.StatusCode[exc.grpc_code], exc.grpc_message)
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The range end of every key starting with ``prefix`` (etcd's GetPrefixRangeEnd)."""
-    end = bytearray(prefix)
-    while end:
-        if end[-1] < 0xFF:
-            end[-1] += 1
-            return bytes(end)
-        end.pop()
-    return b"\0"
-
-
 def apply_auth(store: AuthStore, req: AuthRequest, index: int, now: float) -> Any:
     """Apply one Auth entry; its response (header filled by the member)."""
     try:
         return _apply(store, req, index, now)
     except AuthError as exc:
-        raise auth_error(exc) from exc
+        raise RequestError.from_error(exc) from exc
 
 
 def _apply(store: AuthStore, req: AuthRequest, index: int, now: float) -> Any:
@@ -148,7 +134,7 @@ class Authorizer:
                     await self._member.wait_applied(index)
                 return store.auth_info(token, now)
         except AuthError as exc:
-            raise auth_error(exc) from exc
+            raise RequestError.from_error(exc) from exc
         common_name = _common_name(context)
         if common_name:
             return AuthInfo(common_name, store.revision)
@@ -158,7 +144,7 @@ class Authorizer:
         try:
             check(*args)
         except AuthError as exc:
-            raise auth_error(exc) from exc
+            raise RequestError.from_error(exc) from exc
 
     def range(self, info: AuthInfo | None, key: bytes, range_end: bytes) -> None:
         if self._member.auth.enabled:
@@ -178,7 +164,7 @@ class Authorizer:
 
     def prefix(self, info: AuthInfo | None, prefix: bytes) -> None:
         """Read and write on every key under ``prefix`` (locks and elections)."""
-        end = prefix_end(prefix)
+        end = prefix_range_end(prefix)
         self.range(info, prefix, end)
         self.delete(info, prefix, end)
 

@@ -47,6 +47,7 @@ from typing import Any, Final, Protocol
 
 import grpc
 
+from cluster.keyspace import prefix_range_end
 from cluster.mvcc import KeyValue, MVCCError
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.mvccpb import kv_pb2
@@ -67,7 +68,6 @@ __all__ = [
     "LeaderKey",
     "Locked",
     "lock",
-    "prefix_range_end",
     "unlock",
 ]
 
@@ -109,17 +109,6 @@ class ConcurrencyMember(Protocol):
     def fill_header(self, header: pb.ResponseHeader) -> None: ...
 
 
-def prefix_range_end(prefix: bytes) -> bytes:
-    """The range end of every key starting with ``prefix`` (etcd's GetPrefixRangeEnd)."""
-    end = bytearray(prefix)
-    while end:
-        if end[-1] < 0xFF:
-            end[-1] += 1
-            return bytes(end)
-        end.pop()
-    return b"\x00"  # all 0xff: every key from prefix on
-
-
 def lease_key(prefix: bytes, lease: int) -> bytes:
     """A session's key in a queue: the prefix and the lease id in hex (Go's ``%x``)."""
     return prefix + (b"%x" % lease)
@@ -133,7 +122,7 @@ async def _write(member: ConcurrencyMember, request: kvconv.WriteRequest) -> Any
     try:
         return await member.write(request)
     except MVCCError as err:
-        raise RequestError.from_mvcc(err) from err
+        raise RequestError.from_error(err) from err
 
 
 async def _txn(member: ConcurrencyMember, request: pb.TxnRequest) -> pb.TxnResponse:
@@ -146,7 +135,7 @@ async def _read(member: ConcurrencyMember, request: pb.RangeRequest) -> pb.Range
     try:
         return await member.read(request)
     except MVCCError as err:
-        raise RequestError.from_mvcc(err) from err
+        raise RequestError.from_error(err) from err
 
 
 def _first_created(prefix: bytes) -> pb.RangeRequest:
@@ -339,7 +328,7 @@ async def unlock(member: ConcurrencyMember, key: bytes) -> pb.ResponseHeader:
     try:
         kvconv.validate(pb.DeleteRangeRequest(key=key))
     except MVCCError as err:
-        raise RequestError.from_mvcc(err) from err
+        raise RequestError.from_error(err) from err
     return (await _delete(member, key)).header
 
 
@@ -505,11 +494,6 @@ class Election:
 
 
 def _kv_pb(kv: KeyValue) -> kv_pb2.KeyValue:
-    return kv_pb2.KeyValue(
-        key=kv.key,
-        create_revision=kv.create_revision,
-        mod_revision=kv.mod_revision,
-        version=kv.version,
-        value=kv.value,
-        lease=kv.lease,
-    )
+    out = kv_pb2.KeyValue()
+    kvconv.set_kv(out, kv)
+    return out

@@ -95,7 +95,7 @@ class KVServicer(pb_grpc.KVServicer):
         except RequestError as err:
             await _abort(context, err)
         except MVCCError as err:
-            await _abort(context, RequestError.from_mvcc(err))
+            await _abort(context, RequestError.from_error(err))
 
     async def Range(self, request: pb.RangeRequest, context: Any) -> pb.RangeResponse:
         member = self._member
@@ -106,7 +106,7 @@ class KVServicer(pb_grpc.KVServicer):
         except RequestError as err:
             await _abort(context, err)
         except MVCCError as err:
-            await _abort(context, RequestError.from_mvcc(err))
+            await _abort(context, RequestError.from_error(err))
 
     async def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:
         return await self._write(request, pb.PutResponse, context)

@@ -23,6 +23,7 @@ from typing import Final, Protocol, TypeVar, cast
 import grpc
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
+from cluster.errors import EtcdError
 from cluster.mvcc import (
     DEFAULT_MAX_TXN_OPS,
     Compare,
@@ -218,8 +219,8 @@ class RequestError(Exception):
         self.message = message
 
     @classmethod
-    def from_mvcc(cls, err: MVCCError) -> RequestError:
-        """The store's error as etcd sends it (mvcc messages gain ``"etcdserver: "``)."""
+    def from_error(cls, err: EtcdError) -> RequestError:
+        """The store's, lessor's or auth's error as etcd sends it (code and message)."""
         return cls(grpc.StatusCode[err.grpc_code], err.grpc_message)
 
     def __repr__(self) -> str:
@@ -323,7 +324,8 @@ def _add_kvs(target: RepeatedCompositeFieldContainer[kv_pb2.KeyValue], kvs: list
         )
 
 
-def _set_kv(target: kv_pb2.KeyValue, kv: KeyValue) -> None:
+def set_kv(target: kv_pb2.KeyValue, kv: KeyValue) -> None:
+    """Copy ``kv`` into the protobuf ``target`` (a response's kv, an event's kv)."""
     target.key = kv.key
     target.create_revision = kv.create_revision
     target.mod_revision = kv.mod_revision
@@ -342,7 +344,7 @@ def _fill_range(resp: pb.RangeResponse, r: RangeResult) -> None:
 def _fill_put(resp: pb.PutResponse, r: PutResult) -> None:
     resp.header.revision = r.revision
     if r.prev_kv is not None:
-        _set_kv(resp.prev_kv, r.prev_kv)
+        set_kv(resp.prev_kv, r.prev_kv)
 
 
 def _fill_delete(resp: pb.DeleteRangeResponse, r: DeleteRangeResult) -> None:
@@ -400,7 +402,7 @@ def validate_txn(req: pb.TxnRequest, max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> 
         _check_intervals(txn.success)
         _check_intervals(txn.failure)
     except MVCCError as err:
-        raise RequestError.from_mvcc(err) from err
+        raise RequestError.from_error(err) from err
 
 
 def validate_compaction(req: pb.CompactionRequest, max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> None:
@@ -438,7 +440,7 @@ def _checked(check: Callable[[_Op], None], op: _Op) -> None:
     try:
         check(op)
     except MVCCError as err:
-        raise RequestError.from_mvcc(err) from err
+        raise RequestError.from_error(err) from err
 
 
 # -- applying and reading ----------------------------------------------------------------------
@@ -453,7 +455,7 @@ def _checked(check: Callable[[_Op], None], op: _Op) -> None:
 def _request_error(err: MVCCError) -> RequestError:
     if isinstance(err, CorruptStoreError):
         raise err  # not the request's fault: the member must stop
-    return RequestError.from_mvcc(err)
+    return RequestError.from_error(err)
 
 
 def do_range(store: KVStore, req: pb.RangeRequest) -> pb.RangeResponse:

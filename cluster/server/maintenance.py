@@ -203,7 +203,7 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
         try:
             crc, compact = m.kv.hash_kv(request.revision)
         except MVCCError as exc:
-            err = RequestError.from_mvcc(exc)
+            err = RequestError.from_error(exc)
             await _abort(context, (err.code, err.message))
         current = m.kv.current_revision
         resp = pb.HashKVResponse(

@@ -35,14 +35,13 @@ import grpc
 
 from cluster.auth import AuthInfo
 from cluster.config import MemberConfig
-from cluster.mvcc.kv import KeyValue
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc
 from cluster.proto.mvccpb import kv_pb2
 from cluster.watch import INVALID_WATCH_ID, Event, WatchHub, WatchResponse, WatchStream
 
 from .authz import Authorizer
-from .kvconv import ERR_NO_LEADER, RequestError
+from .kvconv import ERR_NO_LEADER, RequestError, set_kv
 
 __all__ = ["WatchMember", "WatchServicer", "to_pb"]
 
@@ -82,20 +81,11 @@ class WatchMember(Protocol):
     def fill_header(self, header: pb.ResponseHeader) -> None: ...
 
 
-def _set_kv(target: kv_pb2.KeyValue, kv: KeyValue) -> None:
-    target.key = kv.key
-    target.create_revision = kv.create_revision
-    target.mod_revision = kv.mod_revision
-    target.version = kv.version
-    target.value = kv.value
-    target.lease = kv.lease
-
-
 def _add_event(resp: pb.WatchResponse, ev: Event) -> None:
     out = resp.events.add(type=kv_pb2.Event.EventType.ValueType(ev.type))
-    _set_kv(out.kv, ev.kv)
+    set_kv(out.kv, ev.kv)
     if ev.prev_kv is not None:
-        _set_kv(out.prev_kv, ev.prev_kv)
+        set_kv(out.prev_kv, ev.prev_kv)
 
 
 def to_pb(

@@ -14,12 +14,12 @@ from typing import Any, TypeVar, cast
 import grpc
 import pytest
 
+from cluster.keyspace import prefix_range_end
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.v3electionpb import v3election_pb2 as epb
 from cluster.proto.v3electionpb import v3election_pb2_grpc as epb_grpc
 from cluster.proto.v3lockpb import v3lock_pb2 as lockpb
 from cluster.proto.v3lockpb import v3lock_pb2_grpc as lock_grpc
-from cluster.server.concurrency import prefix_range_end
 from tests.unit.server.live import LiveMember
 
 T = TypeVar("T")
