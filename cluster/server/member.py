@@ -1,8 +1,9 @@
 """One member: drives its Raft node, persists, talks to peers, applies, answers clients.
 
 Everything runs on one asyncio loop but the WAL's writes and fsyncs, which run on one
-WAL thread so the loop keeps taking requests meanwhile (and what arrives meanwhile goes
-into the next Ready: group commit). Each Ready is persisted before its messages go out
+WAL thread (a one-entry Ready's stay on the loop: the hand-off costs more) so the loop
+keeps taking requests meanwhile (and what arrives meanwhile goes into the next Ready:
+group commit). Each Ready is persisted before its messages go out
 (a leader's appends and heartbeats go out at once: it counts its own copy only once on
 disk) and before its committed entries are applied to the MVCC store; a client write
 waits until its entry is applied here; a linearizable read waits for a ReadIndex and
@@ -555,12 +556,12 @@ class Member:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                if self._proposals:
-                    self._flush_proposals()
-                while self.node.has_ready():
-                    await self._handle(self.node.ready())
-                    if self._proposals:  # proposed while the WAL thread was writing
+                while True:
+                    if self._proposals:  # also those proposed while a Ready was written
                         self._flush_proposals()
+                    if not self.node.has_ready():
+                        break
+                    await self._handle(self.node.ready())
                 if self.hub.unsynced_count:
                     self.hub.sync_unsynced()  # woken by the hub: watchers behind catch up
         except BackendQuotaError as exc:
