@@ -71,15 +71,20 @@ def frame(kind: FrameKind, payload: bytes) -> bytes:
     return _FRAME.pack(len(payload), kind) + payload
 
 
-async def read_frame(reader: asyncio.StreamReader) -> tuple[FrameKind, bytes]:
-    length, kind = _FRAME.unpack(await reader.readexactly(_FRAME.size))
+def _frame_header(header: bytes | bytearray, at: int = 0) -> tuple[int, FrameKind]:
+    """The payload length and kind of the frame header at ``at``; refuses bad ones."""
+    length, kind = _FRAME.unpack_from(header, at)
     if length > MAX_FRAME:
         raise PeerProtocolError(f"frame of {length} bytes exceeds {MAX_FRAME}")
     try:
-        frame_kind = FrameKind(kind)
+        return length, FrameKind(kind)
     except ValueError as exc:
         raise PeerProtocolError(f"unknown frame kind {kind}") from exc
-    return frame_kind, await reader.readexactly(length)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[FrameKind, bytes]:
+    length, kind = _frame_header(await reader.readexactly(_FRAME.size))
+    return kind, await reader.readexactly(length)
 
 
 async def query_members(
@@ -251,16 +256,10 @@ class _Incoming(asyncio.Protocol):
         at = 0
         try:
             while len(buffer) - at >= _FRAME.size:
-                length, kind = _FRAME.unpack_from(buffer, at)
-                if length > MAX_FRAME:
-                    raise PeerProtocolError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+                length, frame_kind = _frame_header(buffer, at)
                 end = at + _FRAME.size + length
                 if len(buffer) < end:
                     break
-                try:
-                    frame_kind = FrameKind(kind)
-                except ValueError as exc:
-                    raise PeerProtocolError(f"unknown frame kind {kind}") from exc
                 payload = bytes(buffer[at + _FRAME.size : end])
                 at = end
                 if not self._frame(frame_kind, payload):

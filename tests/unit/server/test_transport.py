@@ -17,7 +17,15 @@ from cluster.raft import (
     SnapshotMetadata,
 )
 from cluster.server.peer_codec import decode_batch, decode_message, encode_batch, encode_message
-from cluster.server.transport import PeerTransport, TransportOptions
+from cluster.server.transport import (
+    _FRAME,
+    _HELLO,
+    MAX_FRAME,
+    FrameKind,
+    PeerTransport,
+    TransportOptions,
+    frame,
+)
 from cluster.storage.codec import CodecError
 
 CLUSTER = 0xC1
@@ -131,6 +139,27 @@ async def test_a_peer_of_another_cluster_is_refused() -> None:
     assert a.received == []
     await a.transport.close()
     await stranger.transport.close()
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (_FRAME.pack(4, 99), "unknown frame kind 99"),
+        (_FRAME.pack(MAX_FRAME + 1, FrameKind.MESSAGES), "exceeds"),
+    ],
+)
+async def test_a_bad_frame_header_closes_the_connection(
+    header: bytes, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = await _Member(1).start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", a.port)
+    writer.write(frame(FrameKind.HELLO, _HELLO.pack(CLUSTER, 2, 1)) + header)
+    async with asyncio.timeout(5):
+        assert await reader.read() == b""  # closed by the member
+    writer.close()
+    assert a.received == []
+    assert any(reason in r.getMessage() for r in caplog.records)
+    await a.transport.close()
 
 
 async def test_reconnects_after_the_peer_restarts() -> None:
