@@ -13,6 +13,7 @@ import grpc
 import uvloop
 
 from cluster.config import ConfigError, MemberConfig, load
+from cluster.gcpauses import GCPauseBound
 from cluster.logging_setup import bind_member
 from cluster.logging_setup import configure as configure_logging
 from cluster.storage.backend import BackendError
@@ -24,6 +25,15 @@ log = logging.getLogger("cluster")
 
 async def serve(cfg: MemberConfig) -> int:
     """Run one member; the process's exit status (0: stopped cleanly)."""
+    gc_pauses = GCPauseBound(asyncio.get_running_loop())
+    gc_pauses.install()  # process-wide: here, not in Member (tests run several per process)
+    try:
+        return await _serve(cfg)
+    finally:
+        gc_pauses.uninstall()
+
+
+async def _serve(cfg: MemberConfig) -> int:
     from cluster.server.http import MemberHttp
     from cluster.server.kv import grpc_server_options
     from cluster.server.member import Member

@@ -281,6 +281,7 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
             except (OSError, lmdb.Error, BackendError) as exc:
                 log.warning("failed to defragment: %s", exc)
                 await _abort(context, (_Code.UNKNOWN, f"etcdserver: defragment failed: {exc}"))
+            m.release_retired_backend()
             log.info("defragmented the backend: %d -> %d bytes", before, m.backend.size_bytes())
         return pb.DefragmentResponse(header=m.header())
 

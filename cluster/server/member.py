@@ -47,7 +47,14 @@ from cluster.raft import (
     Snapshot,
     StateType,
 )
-from cluster.storage.backend import Backend, BackendQuotaError, commit_snapshot, prepare_snapshot
+from cluster.storage.backend import (
+    RETIRED_SUFFIX,
+    Backend,
+    BackendQuotaError,
+    commit_snapshot,
+    prepare_snapshot,
+    release_retired,
+)
 from cluster.storage.durable import Retention, has_raft_log, open_raft_log
 from cluster.tls import peer_client_context, peer_server_context
 from cluster.watch import WatchHub
@@ -234,6 +241,7 @@ class Member:
             loop.create_task(self._publish()),
         ]
         self._wake.set()
+        self.release_retired_backend()  # one a crash left behind, if any
 
     async def stop(self) -> None:
         """Stop serving: fail waiting requests, persist what is pending, close files."""
@@ -502,6 +510,23 @@ class Member:
                 hub.progress_tick()
             self._next_progress = now + hub.progress_interval
 
+    def release_retired_backend(self) -> None:
+        """Free a replaced backend file's blocks, gradually, in a worker thread.
+
+        See ``backend.replace_retiring``: done at once, it stalls every fsync on the disk.
+        """
+        path = self.backend.path
+
+        async def run() -> None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, release_retired, path)
+            except OSError as exc:
+                log.warning("could not remove %s: %s", path + RETIRED_SUFFIX, exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _background_write(self, request: InternalRequest, what: str) -> None:
         async def run() -> None:
             try:
@@ -748,6 +773,7 @@ class Member:
         self.backend = Backend(path, quota_bytes=hard_limit(self.cfg.quota_backend_bytes))
         self.backend.on_commit = self.metrics.backend_commit.observe
         self.applier.reset(self.backend)
+        self.release_retired_backend()
         index = self.backend.consistent_index()[0]
         log.info("installed the leader's backend (consistent index %d)", index)
 

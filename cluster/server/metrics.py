@@ -26,13 +26,16 @@ import grpc
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    GCCollector,
     Histogram,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from cluster import gcpauses
 
 from . import handlers
 from .handlers import Handler
@@ -121,6 +124,7 @@ class MemberMetrics:
         r.register(_MemberCollector(member, self))
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
+        GCCollector(registry=r)
 
     def record_health(self, healthy: bool) -> None:
         """One /health answer (etcd_server_health_success / _failures)."""
@@ -197,10 +201,26 @@ class _MemberCollector(Collector):
             "cluster_version",
             CLUSTER_VERSION.rsplit(".", 1)[0],
         )
+        yield from self._gc_pauses()
         try:
             yield from self._from_member(m)
         except Exception:  # starting or stopping: what the member cannot tell yet is left out
             log.debug("metrics: the member's gauges are not available", exc_info=True)
+
+    def _gc_pauses(self) -> Iterator[Metric]:
+        bound = gcpauses.installed()
+        if bound is None:
+            return
+        yield CounterMetricFamily(
+            "python_gc_freezes",
+            "Full garbage collections slower than the bound whose survivors were frozen.",
+            value=bound.freezes,
+        )
+        yield _gauge(
+            "python_gc_longest_full_collection_seconds",
+            "The longest full (oldest generation) garbage collection seen.",
+            bound.longest_pause,
+        )
 
     def _from_member(self, m: Member) -> Iterator[Metric]:
         yield _labelled("etcd_server_id", "Server or member ID in hexadecimal format.",

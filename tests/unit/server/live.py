@@ -9,17 +9,21 @@ cluster, ``wait_leader`` waits until it has elected itself.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import pytest
 
 from cluster.config import load
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from cluster.server import member as member_module
 from cluster.server.kv import grpc_server_options
 from cluster.server.member import Member
 from cluster.server.services import add_services
+from cluster.storage.backend import RETIRED_SUFFIX, release_retired
 from tests.e2e.procs import free_ports
 
 
@@ -85,3 +89,26 @@ async def serve_member(argv: list[str], client: int) -> LiveMember:
         pb_grpc.KVStub(channel),
         closers,
     )
+
+
+def retired_db_released(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Awaitable[None]]:
+    """Record the members' releases of replaced dbs; the result waits for one of ``db``.
+
+    Waits until a release found ``db``'s retired file and freed it, so a test knows
+    the old file was kept aside (not freed inside the rename) and freed afterwards.
+    """
+    released: list[tuple[str, bool]] = []
+
+    def recording_release(db_path: str) -> bool:
+        released.append((db_path, release_retired(db_path)))
+        return released[-1][1]
+
+    monkeypatch.setattr(member_module, "release_retired", recording_release)
+
+    async def wait_for(db: str) -> None:
+        async with asyncio.timeout(10):
+            while (db, True) not in released:
+                await asyncio.sleep(0.01)
+        assert not os.path.exists(db + RETIRED_SUFFIX)
+
+    return wait_for

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import io
 import json
 import logging
@@ -25,6 +26,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.config import ConfigError, load
+from cluster.gcpauses import GCPauseBound
 from cluster.logging_setup import bind_member, configure
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
@@ -235,6 +237,24 @@ async def test_metrics_are_etcds_and_move_with_a_put(
         'grpc_server_handled_total{grpc_code="Canceled",grpc_method="Watch",'
         'grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"}'
     ] == 1  # fmt: skip
+
+
+async def test_metrics_show_the_garbage_collector(
+    hm: HttpMember, http: aiohttp.ClientSession
+) -> None:
+    values = await scrape(http, hm)
+    assert 'python_gc_collections_total{generation="2"}' in values
+    assert "python_gc_freezes_total" not in values  # no bound installed in this process
+    bound = GCPauseBound(asyncio.get_running_loop(), max_pause=0.0)
+    bound.install()
+    try:
+        gc.collect()
+        values = await scrape(http, hm)
+        assert values["python_gc_freezes_total"] == bound.freezes >= 1
+        assert values["python_gc_longest_full_collection_seconds"] == bound.longest_pause > 0
+    finally:
+        bound.uninstall()
+        gc.unfreeze()
 
 
 def test_every_grpc_code_has_go_and_http_names() -> None:

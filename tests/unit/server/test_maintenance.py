@@ -27,7 +27,7 @@ from cluster.server import maintenance
 from cluster.server.maintenance import HASH_IGNORES, MaintenanceServicer
 from cluster.server.member import Member
 from cluster.storage.bolt import read_bolt
-from tests.unit.server.live import LiveMember, start_member
+from tests.unit.server.live import LiveMember, retired_db_released, start_member
 
 
 async def _status(call: object) -> tuple[grpc.StatusCode, str]:
@@ -172,7 +172,10 @@ async def test_snapshot_is_consistent_while_writes_and_defrag_go_on(
 # -- defragment -------------------------------------------------------------------------------
 
 
-async def test_defragment_shrinks_the_file_and_keeps_serving(live: LiveMember) -> None:
+async def test_defragment_shrinks_the_file_and_keeps_serving(
+    live: LiveMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    released = retired_db_released(monkeypatch)
     blob = b"x" * 2000
     for i in range(300):
         await _put(live, b"k%03d" % i, blob)
@@ -194,6 +197,8 @@ async def test_defragment_shrinks_the_file_and_keeps_serving(live: LiveMember) -
     await _put(live, b"after", b"2")  # writes go on into the new file
     got = await live.kv.Range(pb.RangeRequest(key=b"a", range_end=b"z"))
     assert [kv.key for kv in got.kvs] == [b"after", b"last"]
+    # the old file was kept aside (freeing it at once stalls fsyncs), then freed in steps
+    await released(live.member.backend.path)
 
 
 # -- leader transfer --------------------------------------------------------------------------

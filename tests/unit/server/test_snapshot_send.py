@@ -7,7 +7,8 @@ take a few megabytes of writes, then restarted, behind the compacted log, so
 it needs the leader's backend. The leader's copy of it is held (in
 ``snapshot_chunks``) until a client request has been served: were the copy
 made on the event loop, that request could never complete. The follower then
-holds the same data as the leader.
+holds the same data as the leader, and the db it replaced is freed afterwards in
+a worker thread.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import threading
 from collections.abc import Generator, Iterable
 from pathlib import Path
 
+import pytest
+
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.raft import ConfState, Message, MessageType, Snapshot, SnapshotMetadata
 from tests.e2e.procs import free_ports
-from tests.unit.server.live import LiveMember, serve_member
+from tests.unit.server.live import LiveMember, retired_db_released, serve_member
 from tests.unit.server.test_transport import _app, _connected, _Member
 
 KEYS = 3000
@@ -135,7 +138,10 @@ async def _leader(members: list[LiveMember]) -> LiveMember:
             await asyncio.sleep(0.02)
 
 
-async def test_the_leader_serves_clients_while_it_prepares_a_snapshot(tmp_path: Path) -> None:
+async def test_the_leader_serves_clients_while_it_prepares_a_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    released = retired_db_released(monkeypatch)
     ports = free_ports(6)
     clients, peers = ports[:3], ports[3:]
     names = ["m0", "m1", "m2"]
@@ -186,6 +192,8 @@ async def test_the_leader_serves_clients_while_it_prepares_a_snapshot(tmp_path: 
         assert have.hash == want.hash
         everything = pb.RangeRequest(key=b"\0", range_end=b"\0", serializable=True)
         assert (await behind.kv.Range(everything)).kvs == (await leader.kv.Range(everything)).kvs
+        # the db it replaced was kept aside and then freed, off the loop
+        await released(behind.member.backend.path)
     finally:
         for lm in members:
             if not lm.member._stopping:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -13,16 +14,22 @@ from pathlib import Path
 import lmdb
 import pytest
 
+from cluster.storage import backend as backend_module
 from cluster.storage.backend import (
     CHUNK_DATA,
     CHUNK_TRAILER,
+    RETIRED_SUFFIX,
     Backend,
     BackendError,
     BackendQuotaError,
     DataDirMismatchError,
     SnapshotStreamError,
+    commit_snapshot,
     install_snapshot,
+    prepare_snapshot,
+    release_retired,
 )
+from cluster.storage.fs import AppendFile, OsFileSystem
 
 MEMBER, CLUSTER = 0x8E9E05C52164694D, 0xCDF818194E3A8C32
 REPO = Path(__file__).resolve().parents[3]
@@ -566,4 +573,156 @@ def test_an_installed_snapshot_names_the_receiving_member(tmp_path: Path) -> Non
         assert dump(be)["key"] == dump(src)["key"]
     assert not (new_dir / "db.tmp").exists()
     assert not (new_dir / "db.tmp-lock").exists()
+    src.close()
+
+
+# -- replacing a large db without freeing it all at once ------------------------------
+
+
+def test_a_replaced_db_is_retired_then_released_in_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = populated(tmp_path / "leader")
+    target = db_path(tmp_path / "follower")
+    old = Backend(target)
+    fill(old, 500, index=1, prefix=b"stale")
+    old.close()
+    old_bytes = Path(target).read_bytes()
+    prepare_snapshot(target, src.snapshot_chunks())
+    commit_snapshot(target)
+    retired = Path(target + RETIRED_SUFFIX)
+    assert retired.read_bytes() == old_bytes  # the old file, not yet freed
+    with Backend(target) as be:
+        assert dump(be) == dump(src)  # the new one is in place meanwhile
+    sizes: list[int] = []
+    real_truncate = os.ftruncate
+    monkeypatch.setattr(backend_module, "RELEASE_STEP", 64 * 1024)
+    monkeypatch.setattr(backend_module, "RELEASE_PAUSE", 0)
+
+    def recording_truncate(fd: int, n: int) -> None:
+        sizes.append(n)
+        real_truncate(fd, n)
+
+    monkeypatch.setattr(os, "ftruncate", recording_truncate)
+    assert release_retired(target)
+    assert not retired.exists()
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] == 0
+    assert len(sizes) == -(-len(old_bytes) // (64 * 1024))  # one 64 KiB step at a time
+    assert not release_retired(target)  # nothing left to release
+    src.close()
+
+
+def test_a_retired_db_left_by_a_crash_is_replaced_by_the_next(tmp_path: Path) -> None:
+    src = populated(tmp_path / "leader")
+    target = db_path(tmp_path / "follower")
+    os.makedirs(os.path.dirname(target))
+    Path(target + RETIRED_SUFFIX).write_bytes(b"left by a crash")
+    Backend(target).close()
+    first = Path(target).read_bytes()
+    install_snapshot(target, src.snapshot_chunks())  # releases what it retired
+    assert not Path(target + RETIRED_SUFFIX).exists()
+    prepare_snapshot(target, src.snapshot_chunks())
+    commit_snapshot(target)
+    assert Path(target + RETIRED_SUFFIX).read_bytes() != first  # the db just replaced
+    assert release_retired(target)
+    src.close()
+
+
+def test_release_leaves_a_db_retired_meanwhile_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = str(tmp_path / "db")
+    retired = Path(target + RETIRED_SUFFIX)
+    retired.write_bytes(b"x" * 100)
+    real_free = backend_module.free_gradually
+
+    def free_while_another_is_retired(fd: int) -> None:
+        real_free(fd)
+        retired.unlink()  # what replace_retiring does before naming the next old db
+        retired.write_bytes(b"newer")
+
+    monkeypatch.setattr(backend_module, "RELEASE_PAUSE", 0)
+    monkeypatch.setattr(backend_module, "free_gradually", free_while_another_is_retired)
+    assert release_retired(target)
+    assert retired.read_bytes() == b"newer"  # left for its own release
+    monkeypatch.setattr(backend_module, "free_gradually", real_free)
+    assert release_retired(target)
+    assert not retired.exists()
+
+
+def test_defrag_retires_the_old_file(be: Backend) -> None:
+    fill(be, 300, index=2)
+    before = Path(be.path).read_bytes()
+    be.defrag()
+    assert Path(be.path + RETIRED_SUFFIX).read_bytes() == before
+    assert release_retired(be.path)
+    assert len(dump(be)["key"]) == 300
+
+
+class _CountingFS(OsFileSystem):
+    def __init__(self) -> None:
+        self.synced_at: list[int] = []
+
+    def open_append(self, path: str) -> AppendFile:
+        inner = super().open_append(path)
+        fs = self
+
+        class Counting:
+            def write(self, data: bytes) -> None:
+                inner.write(data)
+
+            def sync(self) -> None:
+                fs.synced_at.append(inner.size())
+                inner.sync()
+
+            def truncate(self, size: int) -> None:
+                inner.truncate(size)
+
+            def size(self) -> int:
+                return inner.size()
+
+            def close(self) -> None:
+                inner.close()
+
+        return Counting()
+
+
+def test_a_received_snapshot_is_synced_as_it_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backend_module, "SYNC_EVERY", 100 * 1024)
+    src = populated(tmp_path / "leader")
+    fs = _CountingFS()
+    target = db_path(tmp_path / "follower")
+    os.makedirs(os.path.dirname(target))
+    prepare_snapshot(target, src.snapshot_chunks(chunk_size=32 * 1024), fs)
+    size = os.path.getsize(target + ".tmp")
+    assert size > 300 * 1024
+    # never more than SYNC_EVERY plus one chunk unsynced, and synced whole at the end
+    gaps = [b - a for a, b in zip([0, *fs.synced_at], fs.synced_at, strict=False)]
+    assert max(gaps) <= 100 * 1024 + 32 * 1024
+    assert fs.synced_at[-1] == size
+    src.close()
+
+
+def test_the_snapshot_copy_is_freed_by_a_thread_after_streaming(tmp_path: Path) -> None:
+    src = populated(tmp_path / "leader")
+
+    def open_copies() -> list[str]:
+        names = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if target.startswith(str(tmp_path)) and ".db-snapshot-" in target:
+                    names.append(target)
+        return names
+
+    chunks = src.snapshot_chunks(chunk_size=64 * 1024)
+    assert len(open_copies()) == 1  # the unlinked copy
+    streamed = list(chunks)
+    assert streamed[-1][0] == CHUNK_TRAILER
+    for t in threading.enumerate():
+        if t.name == "free-snapshot-copy":
+            t.join(10)
+    assert open_copies() == []
     src.close()
