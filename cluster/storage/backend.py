@@ -652,7 +652,9 @@ def replace_retiring(new: str, path: str) -> None:
 def release_retired(db_path: str) -> bool:
     """Free a replaced db's blocks a step at a time, then remove it; False if there was none.
 
-    Blocking (it pauses between steps): for a worker thread.
+    Only the file's last name is truncated: after a crash between ``replace_retiring``'s
+    link and its rename, ``<db>.retired`` is a second name of the live db, and is only
+    unlinked. Blocking (it pauses between steps): for a worker thread.
     """
     retired = db_path + RETIRED_SUFFIX
     try:
@@ -660,12 +662,13 @@ def release_retired(db_path: str) -> bool:
     except FileNotFoundError:
         return False
     try:
-        inode = os.fstat(fd).st_ino
-        free_gradually(fd)
+        st = os.fstat(fd)
+        if st.st_nlink == 1:
+            free_gradually(fd)
     finally:
         os.close(fd)
     with contextlib.suppress(FileNotFoundError):
-        if os.stat(retired).st_ino == inode:  # not a newer one, retired meanwhile
+        if os.stat(retired).st_ino == st.st_ino:  # not a newer one, retired meanwhile
             os.unlink(retired)
     return True
 

@@ -650,6 +650,20 @@ def test_release_leaves_a_db_retired_meanwhile_alone(
     assert not retired.exists()
 
 
+def test_a_crash_before_the_rename_leaves_the_live_db_whole(tmp_path: Path) -> None:
+    target = db_path(tmp_path)
+    with Backend(target) as be:
+        fill(be, 200, index=3)
+        expected = dump(be)
+    os.link(target, target + RETIRED_SUFFIX)  # replace_retiring's link; then the crash
+    live = Path(target).read_bytes()
+    assert release_retired(target)  # what the member does when it starts again
+    assert not Path(target + RETIRED_SUFFIX).exists()
+    assert Path(target).read_bytes() == live  # only the second name went
+    with Backend(target) as be:
+        assert dump(be) == expected
+
+
 def test_defrag_retires_the_old_file(be: Backend) -> None:
     fill(be, 300, index=2)
     before = Path(be.path).read_bytes()
