@@ -134,6 +134,7 @@ class Member:
         )
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop  # set by start()
         # Writes proposed since the Raft loop last ran: it hands them to the core as one
         # batch (one step, one append, one message to the leader from a follower).
         self._proposals: list[tuple[bytes, asyncio.Future[object]]] = []
@@ -162,6 +163,9 @@ class Member:
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
+        # The loop, kept: asyncio.get_running_loop() costs a getpid() system call each time
+        # (CPython 3.11), and the apply path asked for it once per entry.
+        self._loop = asyncio.get_running_loop()
         cfg = self.cfg
         retention = Retention(
             snapshot_count=cfg.snapshot_count,
@@ -234,7 +238,7 @@ class Member:
         for info in self.members() if joined is None else joined.members:
             if self.id != info.ID:
                 self._set_peer(info)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._tasks = [
             loop.create_task(self._tick_loop()),
             loop.create_task(self._ready_loop()),
@@ -335,7 +339,7 @@ class Member:
             self._raise_nospace()
             raise RequestError(*kvconv.ERR_NO_SPACE)
         request_id = self._ids.next()
-        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[object] = self._loop.create_future()
         self._waiting[request_id] = fut
         try:
             self._proposals.append((encode_request(self.id, request_id, request), fut))
@@ -374,7 +378,7 @@ class Member:
             finally:
                 self._raising_nospace = False
 
-        task = asyncio.get_running_loop().create_task(activate())
+        task = self._loop.create_task(activate())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -391,7 +395,7 @@ class Member:
         timed out").
         """
         request_id = self._ids.next()
-        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[object] = self._loop.create_future()
         self._waiting[request_id] = fut
         body = (attrs or pb.Member(ID=member_id)).SerializeToString()
         change = ConfChange(kind, member_id, _CONF_CTX.pack(self.id, request_id) + body)
@@ -415,7 +419,7 @@ class Member:
 
     async def _wait_applied(self, index: int) -> None:
         if self.node.log.applied < index:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[None] = self._loop.create_future()
             self._applied_waiters.append((index, waiter))
             self._wake.set()
             await self._within_timeout(waiter)
@@ -465,7 +469,7 @@ class Member:
         while True:
             await asyncio.sleep(interval)
             self.node.tick()
-            now = asyncio.get_running_loop().time()
+            now = self._loop.time()
             try:
                 self.backend.commit_if_due(now)
             except BackendQuotaError as exc:
@@ -519,11 +523,11 @@ class Member:
 
         async def run() -> None:
             try:
-                await asyncio.get_running_loop().run_in_executor(None, release_retired, path)
+                await self._loop.run_in_executor(None, release_retired, path)
             except OSError as exc:
                 log.warning("could not remove %s: %s", path + RETIRED_SUFFIX, exc)
 
-        task = asyncio.get_running_loop().create_task(run())
+        task = self._loop.create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -534,7 +538,7 @@ class Member:
             except RequestError as exc:
                 log.debug("could not %s: %s", what, exc)
 
-        task = asyncio.get_running_loop().create_task(run())
+        task = self._loop.create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -550,7 +554,7 @@ class Member:
             compactor.pause()
         revision = compactor.due(now, self.kv.current_revision)
         if revision is not None:
-            task = asyncio.get_running_loop().create_task(self._compact(revision))
+            task = self._loop.create_task(self._compact(revision))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
@@ -563,7 +567,7 @@ class Member:
             ok = exc == RequestError(*kvconv.ERR_COMPACTED)  # done already: as good
             if not ok:
                 log.warning("auto-compaction at revision %d failed: %s", revision, exc)
-        self.compactor.result(revision, ok, asyncio.get_running_loop().time())
+        self.compactor.result(revision, ok, self._loop.time())
 
     def _flush_proposals(self) -> None:
         """Hand the writes proposed meanwhile to the Raft core, as one batch."""
@@ -633,7 +637,7 @@ class Member:
             if rd.must_sync and len(rd.entries) > INLINE_SYNC_MAX_ENTRIES:
                 # While this runs, the loop serves requests and steps peers' messages into
                 # the Raft core; the core hands out no other Ready until ``advance``.
-                writing = asyncio.get_running_loop().run_in_executor(
+                writing = self._loop.run_in_executor(
                     self._wal_thread, self.log_store.persist, rd
                 )
                 # Committed entries already on this member's disk need not wait for the
@@ -658,7 +662,7 @@ class Member:
         for rs in rd.read_states:
             self.reads.resolve(rs.request_ctx, rs.index)
         if rd.soft_state is not None:
-            now = asyncio.get_running_loop().time()
+            now = self._loop.time()
             if rd.soft_state.state == StateType.LEADER:
                 log.info("member %x became leader at term %d", self.id, self.node.term)
                 # etcd: leases restart from their remaining TTL, plus an election timeout
@@ -710,7 +714,7 @@ class Member:
                 elif isinstance(proposed.request, pb.AlarmRequest):
                     response = self._apply_alarm(proposed.request)
                 else:
-                    now = asyncio.get_running_loop().time()
+                    now = self._loop.time()
                     response = self.applier.apply(proposed.request, now, entry.index)
                     if isinstance(proposed.request, pb.CompactionRequest):
                         log.info(
@@ -748,7 +752,7 @@ class Member:
         """
         backend = self.backend
         backend.commit()
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         return _length_prefixed(await loop.run_in_executor(None, backend.snapshot_chunks))
 
     async def _install_backend(self, image: bytes) -> None:
@@ -759,7 +763,7 @@ class Member:
         so nothing is applied meanwhile); only the rename and reopen are on the loop.
         """
         path = self.backend.path
-        await asyncio.get_running_loop().run_in_executor(
+        await self._loop.run_in_executor(
             None,
             functools.partial(
                 prepare_snapshot, path, _split_image(image), member_ids=(self.id, self.cluster_id)
@@ -927,7 +931,7 @@ class Member:
                 else:
                     still.append((index, waiter))
             self._applied_waiters = still
-        self.backend.commit_if_due(asyncio.get_running_loop().time())
+        self.backend.commit_if_due(self._loop.time())
         if self.log_store.snapshot_due(applied):
             self.backend.commit()  # the snapshot must never be ahead of the backend
             self.log_store.snapshot(applied, self.conf)
