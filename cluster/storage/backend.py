@@ -247,6 +247,8 @@ class BatchTx:
             txn.commit()
         except lmdb.MapFullError as exc:
             raise BackendQuotaError(lost) from exc
+        finally:
+            self._backend._size = None  # a commit is what grows the file
         self._consistent = consistent
         if faults.CRASH:
             faults.crash_point("backend-after-commit")
@@ -328,6 +330,7 @@ class Backend:
             self.env.close()
             raise
         self._batch = BatchTx(self)
+        self._size: int | None = None  # the file's, as of the last commit (None: stat it)
         self._last_commit: float | None = None
         self.on_commit: Callable[[float], None] | None = None  # seconds per commit (metrics)
         self._closed = False
@@ -438,8 +441,14 @@ class Backend:
 
     # -- size ----------------------------------------------------------------
     def size_bytes(self) -> int:
-        """Size of the db file on disk (etcd's dbSize)."""
-        return os.stat(self.path).st_size
+        """Size of the db file on disk (etcd's dbSize).
+
+        Only a commit (or defrag) changes it, so it is looked up once after each: every
+        write asks, for the quota check.
+        """
+        if self._size is None:
+            self._size = os.stat(self.path).st_size
+        return self._size
 
     def size_in_use_bytes(self) -> int:
         """Bytes of pages holding data: the file less its free pages (etcd's dbSizeInUse).
@@ -515,6 +524,7 @@ class Backend:
                 replace_retiring(tmp, self.path)
             finally:
                 # Whatever the rename did, reopen what is at the path (old or new: same data).
+                self._size = None
                 self.env = self._open_env()
                 self.dbs = self._open_buckets()
 

@@ -324,6 +324,7 @@ def test_sizes(be: Backend) -> None:
     grown = be.size_in_use_bytes()
     assert grown > empty_in_use + 2000 * 200
     assert be.size_bytes() >= grown
+    assert be.size_bytes() == os.path.getsize(be.path)  # looked up again after the commit
     for i in range(2000):
         batch.delete("key", b"%08d" % i)
     be.commit()
