@@ -25,7 +25,9 @@ log = logging.getLogger("cluster")
 
 async def serve(cfg: MemberConfig) -> int:
     """Run one member; the process's exit status (0: stopped cleanly)."""
-    gc_pauses = GCPauseBound(asyncio.get_running_loop())
+    if not cfg.gc_max_pause_ms:
+        return await _serve(cfg)
+    gc_pauses = GCPauseBound(asyncio.get_running_loop(), cfg.gc_max_pause_ms / 1000)
     gc_pauses.install()  # process-wide: here, not in Member (tests run several per process)
     try:
         return await _serve(cfg)

@@ -66,6 +66,7 @@ class MemberConfig:
     auto_compaction_mode: str
     auto_compaction_retention: str
     snapshot_catchup_entries: int = 5000
+    gc_max_pause_ms: int = 20  # cluster.gcpauses; 0 leaves the collector as Python has it
     strict_reconfig_check: bool = True
     client_tls: TLSFiles | None = None  # https client URLs
     peer_tls: TLSFiles | None = None  # https peer URLs
@@ -263,6 +264,12 @@ FLAGS: tuple[_Flag, ...] = (
         integer=True,
     ),
     _Flag(
+        "experimental-gc-max-pause-ms",
+        "20",
+        "freeze what survives a full garbage collection slower than this (0: never)",
+        integer=True,
+    ),
+    _Flag(
         "strict-reconfig-check",
         "true",
         "reject reconfiguration requests that would cause quorum loss",
@@ -412,6 +419,7 @@ def _build(raw: dict[str, str]) -> MemberConfig:
         auto_compaction_mode=raw["auto-compaction-mode"],
         auto_compaction_retention=raw["auto-compaction-retention"],
         snapshot_catchup_entries=num("experimental-snapshot-catchup-entries"),
+        gc_max_pause_ms=num("experimental-gc-max-pause-ms"),
         strict_reconfig_check=raw["strict-reconfig-check"] == "true",
         client_tls=_tls(raw, "", client_urls + http_urls + metrics_urls),
         peer_tls=_tls(raw, "peer-", peer_urls),

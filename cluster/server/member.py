@@ -637,9 +637,7 @@ class Member:
             if rd.must_sync and len(rd.entries) > INLINE_SYNC_MAX_ENTRIES:
                 # While this runs, the loop serves requests and steps peers' messages into
                 # the Raft core; the core hands out no other Ready until ``advance``.
-                writing = self._loop.run_in_executor(
-                    self._wal_thread, self.log_store.persist, rd
-                )
+                writing = self._loop.run_in_executor(self._wal_thread, self.log_store.persist, rd)
                 # Committed entries already on this member's disk need not wait for the
                 # new ones: apply them (and answer their clients) during the write.
                 durable = self.node.log.persisted_index()

@@ -89,6 +89,7 @@ def hc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpCluster]:
     metrics = [f"http://127.0.0.1:{p}" for p in ports[3:]]
     for m, h, mx in zip(c.members, http, metrics, strict=True):
         m.args += ["--listen-client-http-urls", h, "--listen-metrics-urls", mx]
+    c.members[2].args += ["--experimental-gc-max-pause-ms", "0"]  # the GC left as Python has it
     c.start()
     try:
         result = HttpCluster(c, http, metrics)
@@ -113,6 +114,9 @@ def test_health_version_and_metrics_on_every_member(hc: HttpCluster) -> None:
     for v in views:
         assert v["etcd_mvcc_db_total_size_in_bytes"] > 0
         assert v["etcd_disk_wal_fsync_duration_seconds_count"] > 0
+    # cluster.gcpauses is on by default; --experimental-gc-max-pause-ms 0 turns it off
+    assert ["python_gc_freezes_total" in v for v in views] == [True, True, False]
+    assert views[0]["python_gc_longest_full_collection_seconds"] >= 0
 
     # a write through one member's gateway is applied on every member
     before = [v["etcd_server_proposals_applied_total"] for v in views]

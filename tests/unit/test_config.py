@@ -94,6 +94,14 @@ def test_help_lists_every_flag_with_its_variable() -> None:
     assert "ETCD_INITIAL_CLUSTER_STATE" in text
 
 
+def test_gc_max_pause_flag() -> None:
+    assert load([], {}).gc_max_pause_ms == 20
+    assert load(["--experimental-gc-max-pause-ms", "0"], {}).gc_max_pause_ms == 0
+    assert load([], {"ETCD_EXPERIMENTAL_GC_MAX_PAUSE_MS": "50"}).gc_max_pause_ms == 50
+    with pytest.raises(ConfigError, match="not a non-negative integer"):
+        load(["--experimental-gc-max-pause-ms", "-1"], {})
+
+
 def test_snapshot_catchup_entries_flag() -> None:
     assert load([], {}).snapshot_catchup_entries == 5000
     c = load(["--experimental-snapshot-catchup-entries", "7"], {})
