@@ -205,8 +205,14 @@ def test_snapshot_apply_crashes_with_the_leaders_db_in_place(tmp_path: Path) -> 
         mine = Backend(D + "/member/snap/db")
         mine.batch().set_consistent_index(5, 1)
         mine.commit()
-        stub = SimpleNamespace(backend=mine, id=M, cluster_id=C)
-        asyncio.run(Member._install_backend(stub, image))  # type: ignore[arg-type]
+
+
+        async def install() -> None:
+            loop = asyncio.get_running_loop()
+            stub = SimpleNamespace(backend=mine, id=M, cluster_id=C, _loop=loop)
+            await Member._install_backend(stub, image)  # type: ignore[arg-type]
+
+        asyncio.run(install())
         print("installed", flush=True)
         """,
         tmp_path,
@@ -219,6 +225,8 @@ def test_snapshot_apply_crashes_with_the_leaders_db_in_place(tmp_path: Path) -> 
         assert be.get("key", b"k") == b"leader's"
         assert be.member_ids() == (MEMBER, CLUSTER)
     assert not (tmp_path / "member" / "snap" / "db.tmp").exists()
+    # the replaced db, not yet freed: the member releases it when it starts again
+    assert (tmp_path / "member" / "snap" / "db.retired").exists()
 
 
 def test_compact_mid_loses_the_uncommitted_compaction(tmp_path: Path) -> None:
