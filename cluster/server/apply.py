@@ -66,6 +66,7 @@ class Applier:
 
     def reset(self, backend: Backend) -> None:
         """Start over from another backend (the leader's, installed by a snapshot)."""
+        self.kv.release()
         self.lessor = Lessor(
             backend,
             min_ttl=self.lessor.min_ttl,

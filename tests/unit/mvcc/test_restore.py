@@ -139,3 +139,32 @@ def test_long_lived_objects_pause_the_collector_and_freeze_many() -> None:
         assert len(few) + len(many) == 5010
     finally:
         gc.unfreeze()
+
+
+def test_a_rebuild_lets_go_of_the_old_index_before_building_the_new(
+    member: Member, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import weakref
+
+    kv = member.store
+    for key in KEYS:
+        kv.put(key, b"v")
+    old = weakref.ref(kv.index)
+    alive_while_building: list[bool] = []
+    restore_all = TreeIndex.restore_all
+
+    def watching(index: TreeIndex, records: object) -> None:
+        alive_while_building.append(old() is not None)
+        restore_all(index, records)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(TreeIndex, "restore_all", watching)
+    kv.rebuild()
+    assert alive_while_building == [False]  # freed first: never two indexes at once
+    assert len(kv.index) == len(KEYS)
+
+
+def test_a_released_store_holds_no_index(member: Member) -> None:
+    kv = member.store
+    kv.put(b"a", b"1")
+    kv.release()  # before a replacement store is built (a snapshot install)
+    assert len(kv.index) == 0
