@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from cluster.raft import Entry
-from cluster.storage.fs import AppendFile, OsFileSystem
+from cluster.storage.fs import CountingFileSystem
 from cluster.storage.wal import WAL
 
 RECORD_OVERHEAD = 13 + 17  # WAL record header + encoded entry header
@@ -53,46 +53,8 @@ class WalBenchResult:
         }
 
 
-class _CountingFile:
-    def __init__(self, fs: _CountingFS, inner: AppendFile) -> None:
-        self._fs = fs
-        self._inner = inner
-
-    def write(self, data: bytes) -> None:
-        self._inner.write(data)
-        self._fs.written += len(data)
-
-    def sync(self) -> None:
-        self._inner.sync()
-        self._fs.syncs += 1
-
-    def truncate(self, size: int) -> None:
-        self._inner.truncate(size)
-
-    def size(self) -> int:
-        return self._inner.size()
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-class _CountingFS(OsFileSystem):
-    """Counts the fsyncs (files and directories) and bytes the WAL really issues."""
-
-    def __init__(self) -> None:
-        self.syncs = 0
-        self.written = 0
-
-    def open_append(self, path: str) -> AppendFile:
-        return _CountingFile(self, super().open_append(path))
-
-    def sync_dir(self, path: str) -> None:
-        super().sync_dir(path)
-        self.syncs += 1
-
-
 def run_wal(directory: str, batch: int, entry_size: int, seconds: float) -> WalBenchResult:
-    fs = _CountingFS()
+    fs = CountingFileSystem()
     wal_dir = os.path.join(directory, f"wal-{batch}")
     wal = WAL.create(wal_dir, b"bench", fs=fs)
     data = os.urandom(entry_size)

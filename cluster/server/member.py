@@ -19,10 +19,10 @@ import logging
 import random
 import struct
 import time
-from collections.abc import Awaitable, Generator, Iterator
+from collections.abc import Awaitable, Coroutine, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
 
@@ -378,9 +378,7 @@ class Member:
             finally:
                 self._raising_nospace = False
 
-        task = self._loop.create_task(activate())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(activate())
 
     async def change_membership(
         self, kind: ConfChangeType, member_id: int, attrs: pb.Member | None = None
@@ -527,7 +525,11 @@ class Member:
             except OSError as exc:
                 log.warning("could not remove %s: %s", path + RETIRED_SUFFIX, exc)
 
-        task = self._loop.create_task(run())
+        self._spawn(run())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task of this member's (cancelled by ``stop``)."""
+        task = self._loop.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -538,9 +540,7 @@ class Member:
             except RequestError as exc:
                 log.debug("could not %s: %s", what, exc)
 
-        task = self._loop.create_task(run())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(run())
 
     def _auto_compact(self, now: float) -> None:
         """Only the leader compacts (etcd's compactor pauses on followers)."""
@@ -554,9 +554,7 @@ class Member:
             compactor.pause()
         revision = compactor.due(now, self.kv.current_revision)
         if revision is not None:
-            task = self._loop.create_task(self._compact(revision))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self._compact(revision))
 
     async def _compact(self, revision: int) -> None:
         ok = True

@@ -47,6 +47,8 @@ from .codec import (
 )
 from .fs import FileSystem, OsFileSystem
 
+log = logging.getLogger(__name__)
+
 DEFAULT_QUOTA_BYTES = 2 * 1024 * 1024 * 1024  # etcd's --quota-backend-bytes default
 DEFAULT_BATCH_LIMIT = 10000
 DEFAULT_BATCH_INTERVAL = 0.1  # seconds
@@ -61,8 +63,6 @@ MEMBER_IDS_KEY = b"member_ids"
 
 CHUNK_DATA = 0x01
 CHUNK_TRAILER = 0x02
-log = logging.getLogger(__name__)
-
 _TRAILER = struct.Struct(">32sQ")  # sha256 of all data payloads, their total length
 
 _MAX_DBS = 32  # room for buckets added later without reopening differently

@@ -104,6 +104,49 @@ class OsFileSystem:
             os.close(fd)
 
 
+class _CountingFile:
+    def __init__(self, fs: CountingFileSystem, inner: AppendFile) -> None:
+        self._fs = fs
+        self._inner = inner
+
+    def write(self, data: bytes) -> None:
+        self._inner.write(data)
+        self._fs.written += len(data)
+
+    def sync(self) -> None:
+        self._inner.sync()
+        self._fs.syncs += 1
+        self._fs.synced_at.append(self._fs.written)
+
+    def truncate(self, size: int) -> None:
+        self._inner.truncate(size)
+
+    def size(self) -> int:
+        return self._inner.size()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class CountingFileSystem(OsFileSystem):
+    """The real file system, counting the fsyncs (files and directories) and bytes issued.
+
+    ``synced_at`` holds, for each file fsync, the bytes written (to any file) before it.
+    """
+
+    def __init__(self) -> None:
+        self.syncs = 0
+        self.written = 0
+        self.synced_at: list[int] = []
+
+    def open_append(self, path: str) -> AppendFile:
+        return _CountingFile(self, super().open_append(path))
+
+    def sync_dir(self, path: str) -> None:
+        super().sync_dir(path)
+        self.syncs += 1
+
+
 def write_file_atomically(fs: FileSystem, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new, never a mix."""
     tmp = path + ".tmp"

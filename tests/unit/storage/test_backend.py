@@ -29,7 +29,7 @@ from cluster.storage.backend import (
     prepare_snapshot,
     release_retired,
 )
-from cluster.storage.fs import AppendFile, OsFileSystem
+from cluster.storage.fs import CountingFileSystem
 
 MEMBER, CLUSTER = 0x8E9E05C52164694D, 0xCDF818194E3A8C32
 REPO = Path(__file__).resolve().parents[3]
@@ -674,40 +674,12 @@ def test_defrag_retires_the_old_file(be: Backend) -> None:
     assert len(dump(be)["key"]) == 300
 
 
-class _CountingFS(OsFileSystem):
-    def __init__(self) -> None:
-        self.synced_at: list[int] = []
-
-    def open_append(self, path: str) -> AppendFile:
-        inner = super().open_append(path)
-        fs = self
-
-        class Counting:
-            def write(self, data: bytes) -> None:
-                inner.write(data)
-
-            def sync(self) -> None:
-                fs.synced_at.append(inner.size())
-                inner.sync()
-
-            def truncate(self, size: int) -> None:
-                inner.truncate(size)
-
-            def size(self) -> int:
-                return inner.size()
-
-            def close(self) -> None:
-                inner.close()
-
-        return Counting()
-
-
 def test_a_received_snapshot_is_synced_as_it_arrives(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(backend_module, "SYNC_EVERY", 100 * 1024)
     src = populated(tmp_path / "leader")
-    fs = _CountingFS()
+    fs = CountingFileSystem()
     target = db_path(tmp_path / "follower")
     os.makedirs(os.path.dirname(target))
     prepare_snapshot(target, src.snapshot_chunks(chunk_size=32 * 1024), fs)
