@@ -49,6 +49,7 @@ from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 
 from .compare import cluster
+from .load import percentile
 
 _FAST_RECONNECT = [
     ("grpc.initial_reconnect_backoff_ms", 50),
@@ -134,10 +135,7 @@ class Series:
         return best, at
 
     def percentile(self, p: float) -> float:
-        if not self.latencies:
-            return math.nan
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+        return percentile(self.latencies, p)
 
     def summary(self, origin: float, windows: list[tuple[str, float, float]]) -> dict[str, Any]:
         """Figures over the whole run; the longest gap in each of ``windows``

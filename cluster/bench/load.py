@@ -30,6 +30,14 @@ from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 WORKLOADS = ("put", "range", "txn-put", "watch", "watch-latency", "lease-keepalive")
 
 
+def percentile(latencies: list[float], p: float) -> float:
+    """The ``p``-th percentile (nearest rank) of ``latencies``; NaN if there are none."""
+    if not latencies:
+        return math.nan
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
 @dataclass
 class Report:
     workload: str
@@ -43,10 +51,7 @@ class Report:
         return self.requests / self.seconds if self.seconds > 0 else 0.0
 
     def percentile(self, p: float) -> float:
-        if not self.latencies:
-            return math.nan
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+        return percentile(self.latencies, p)
 
     def summary(self) -> dict[str, Any]:
         lat = self.latencies
