@@ -9,7 +9,6 @@ import signal
 import sys
 from collections.abc import Sequence
 
-import grpc
 import uvloop
 
 from cluster.config import ConfigError, MemberConfig, load
@@ -36,11 +35,9 @@ async def serve(cfg: MemberConfig) -> int:
 
 
 async def _serve(cfg: MemberConfig) -> int:
+    from cluster.server.grpcserver import client_servers
     from cluster.server.http import MemberHttp
-    from cluster.server.kv import grpc_server_options
     from cluster.server.member import Member
-    from cluster.server.services import add_services
-    from cluster.tls import grpc_server_credentials
 
     member = Member(cfg)
     await member.start()
@@ -65,21 +62,12 @@ async def _serve(cfg: MemberConfig) -> int:
     published = loop.create_task(member.published.wait())
     await asyncio.wait([published, *ending], return_when=asyncio.FIRST_COMPLETED)
     published.cancel()
-    server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
-    closers = add_services(server, member)
-    http.add_gateway_port(server)
-    for url in cfg.listen_client_urls:
-        address = f"{url.host}:{url.port}"
-        if url.scheme == "https":
-            assert cfg.client_tls is not None  # config.load checks https has its files
-            server.add_secure_port(address, grpc_server_credentials(cfg.client_tls))
-        else:
-            server.add_insecure_port(address)
-    await server.start()
+    servers = client_servers(cfg, member, http)
+    await servers.start()
     try:
         await http.start_clients()
     except OSError:
-        await server.stop(None)
+        await servers.stop(None)
         await http.stop()
         await member.stop()
         raise
@@ -99,9 +87,7 @@ async def _serve(cfg: MemberConfig) -> int:
     log.info("stopping: finishing in-flight requests")
     await http.stop()
     # a failed member answers nothing more: no grace for requests in flight
-    await server.stop(grace=0 if member.failed.is_set() else 2.0)
-    for close in closers:
-        await close()
+    await servers.stop(grace=0 if member.failed.is_set() else 2.0)
     await member.stop()
     if member.failed.is_set():
         print(f"error: {member.failure}", file=sys.stderr)

@@ -67,6 +67,7 @@ class MemberConfig:
     auto_compaction_retention: str
     snapshot_catchup_entries: int = 5000
     gc_max_pause_ms: int = 20  # cluster.gcpauses; 0 leaves the collector as Python has it
+    grpc_server: str = "grpcio"  # cluster.server.grpcserver: grpcio's asyncio server or native
     strict_reconfig_check: bool = True
     client_tls: TLSFiles | None = None  # https client URLs
     peer_tls: TLSFiles | None = None  # https peer URLs
@@ -270,6 +271,12 @@ FLAGS: tuple[_Flag, ...] = (
         integer=True,
     ),
     _Flag(
+        "experimental-grpc-server",
+        "grpcio",
+        "grpcio, or native: serve the first plaintext client URL with pygrpc-native",
+        choices=("grpcio", "native"),
+    ),
+    _Flag(
         "strict-reconfig-check",
         "true",
         "reject reconfiguration requests that would cause quorum loss",
@@ -420,6 +427,7 @@ def _build(raw: dict[str, str]) -> MemberConfig:
         auto_compaction_retention=raw["auto-compaction-retention"],
         snapshot_catchup_entries=num("experimental-snapshot-catchup-entries"),
         gc_max_pause_ms=num("experimental-gc-max-pause-ms"),
+        grpc_server=raw["experimental-grpc-server"],
         strict_reconfig_check=raw["strict-reconfig-check"] == "true",
         client_tls=_tls(raw, "", client_urls + http_urls + metrics_urls),
         peer_tls=_tls(raw, "peer-", peer_urls),

@@ -30,8 +30,14 @@ from .metrics import MemberMetrics
 from .watch import WatchServicer
 
 
-def add_services(server: grpc.aio.Server, member: Member) -> list[Callable[[], Awaitable[None]]]:
-    """Add every service; what to await when the server has stopped (open links to close)."""
+def add_services(
+    server: grpc.aio.Server, member: Member, *, registered: bool = False
+) -> list[Callable[[], Awaitable[None]]]:
+    """Add every service; what to await when the server has stopped (open links to close).
+
+    ``registered``: add the methods as registered ones, for a server that serves only
+    those itself (pygrpc-native; see grpcserver.py).
+    """
     methods = MethodHandlers()
     lease = LeaseServicer(member)
     rpc_pb2_grpc.add_AuthServicer_to_server(AuthServicer(member), methods)
@@ -44,7 +50,7 @@ def add_services(server: grpc.aio.Server, member: Member) -> list[Callable[[], A
     v3election_pb2_grpc.add_ElectionServicer_to_server(
         ElectionServicer(member, member.authz), methods
     )
-    methods.install(server, wrapper(member.metrics, member.authz))
+    methods.install(server, wrapper(member.metrics, member.authz), registered=registered)
     return [lease.close]
 
 

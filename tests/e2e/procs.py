@@ -298,10 +298,16 @@ def background(*args: str, endpoints: list[Proc]) -> Iterator[BackgroundEtcdctl]
 
 @contextmanager
 def running(
-    tmp: Path, ready: Callable[[Cluster], object] | None = None, size: int = 3
+    tmp: Path,
+    ready: Callable[[Cluster], object] | None = None,
+    size: int = 3,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Cluster]:
-    """A started cluster; ``ready`` (default: a leader seen through etcdctl) must pass first."""
+    """A started cluster; ``ready`` (default: a leader seen through etcdctl) must pass first.
+    ``env``: ETCD_* settings for every member."""
     c = Cluster(tmp, size)
+    for m in c.members:
+        m.env.update(env or {})
     c.start()
     try:
         (ready or (lambda c: c.leader(c.members)))(c)

@@ -16,6 +16,8 @@ import pytest
 
 from tests.e2e.procs import Cluster, needs_etcdctl
 
+BOTH_GRPC_SERVERS = True  # module_cluster: on grpcio's server, then on pygrpc-native
+
 pytestmark = needs_etcdctl
 
 COMPACTED = "etcdserver: mvcc: required revision has been compacted"

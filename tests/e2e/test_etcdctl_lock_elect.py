@@ -30,6 +30,8 @@ from cluster.proto.v3lockpb import v3lock_pb2_grpc as lock_grpc
 from tests.e2e.procs import BackgroundEtcdctl as Background
 from tests.e2e.procs import Cluster, Proc, needs_etcdctl
 
+BOTH_GRPC_SERVERS = True  # module_cluster: on grpcio's server, then on pygrpc-native
+
 pytestmark = needs_etcdctl
 
 

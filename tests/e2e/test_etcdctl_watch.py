@@ -25,6 +25,8 @@ from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from tests.e2e.procs import BackgroundEtcdctl as Watch
 from tests.e2e.procs import Cluster, Proc, background, needs_etcdctl
 
+BOTH_GRPC_SERVERS = True  # module_cluster: on grpcio's server, then on pygrpc-native
+
 pytestmark = needs_etcdctl
 
 

@@ -102,6 +102,14 @@ def test_gc_max_pause_flag() -> None:
         load(["--experimental-gc-max-pause-ms", "-1"], {})
 
 
+def test_grpc_server_flag() -> None:
+    assert load([], {}).grpc_server == "grpcio"
+    assert load(["--experimental-grpc-server", "native"], {}).grpc_server == "native"
+    assert load([], {"ETCD_EXPERIMENTAL_GRPC_SERVER": "native"}).grpc_server == "native"
+    with pytest.raises(ConfigError, match="is not one of grpcio, native"):
+        load([], {"ETCD_EXPERIMENTAL_GRPC_SERVER": "rust"})
+
+
 def test_snapshot_catchup_entries_flag() -> None:
     assert load([], {}).snapshot_catchup_entries == 5000
     c = load(["--experimental-snapshot-catchup-entries", "7"], {})

@@ -1,8 +1,9 @@
-"""A real member in this process: ``Member`` plus a grpc.aio server, as ``cluster.cli.serve``.
+"""A real member in this process: ``Member`` plus its client gRPC servers, as ``cluster.cli.serve``.
 
 ``start_member`` starts one on free loopback ports with etcd's flags (fast
 ticks: 10 ms heartbeats, 100 ms election timeout) and serves every service
-(``add_services``); ``LiveMember.stop`` stops both. For a single-member
+(``client_servers``: pygrpc-native unless ``--experimental-grpc-server=grpcio``);
+``LiveMember.stop`` stops both. For a single-member
 cluster, ``wait_leader`` waits until it has elected itself.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -20,9 +21,9 @@ import pytest
 from cluster.config import load
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from cluster.server import member as member_module
-from cluster.server.kv import grpc_server_options
+from cluster.server.grpcserver import ClientServers, client_servers
+from cluster.server.http import MemberHttp
 from cluster.server.member import Member
-from cluster.server.services import add_services
 from cluster.storage.backend import RETIRED_SUFFIX, release_retired
 from tests.e2e.procs import free_ports
 
@@ -30,12 +31,11 @@ from tests.e2e.procs import free_ports
 @dataclass
 class LiveMember:
     member: Member
-    server: grpc.aio.Server
+    servers: ClientServers
     channel: grpc.aio.Channel
     endpoint: str
     maintenance: pb_grpc.MaintenanceStub
     kv: pb_grpc.KVStub
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def wait_leader(self, timeout: float = 5.0) -> None:
         async with asyncio.timeout(timeout):
@@ -44,9 +44,7 @@ class LiveMember:
 
     async def stop(self) -> None:
         await self.channel.close()
-        await self.server.stop(None)
-        for close in self.closers:
-            await close()
+        await self.servers.stop(None)
         await self.member.stop()
 
 
@@ -74,20 +72,17 @@ async def serve_member(argv: list[str], client: int) -> LiveMember:
     cfg = load(argv, {})
     member = Member(cfg)
     await member.start()
-    server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
-    closers = add_services(server, member)
+    servers = client_servers(cfg, member, MemberHttp(member))
+    await servers.start()
     endpoint = f"127.0.0.1:{client}"
-    server.add_insecure_port(endpoint)
-    await server.start()
     channel = grpc.aio.insecure_channel(endpoint)
     return LiveMember(
         member,
-        server,
+        servers,
         channel,
         endpoint,
         pb_grpc.MaintenanceStub(channel),
         pb_grpc.KVStub(channel),
-        closers,
     )
 
 
