@@ -1,11 +1,13 @@
 """``python -m cluster.bench compare``: the same workloads against our 3-member cluster and
 a real 3-member etcd (Debian's ``etcd-server``), alternating, on this machine, in one run.
 
-Both clusters listen on 127.0.0.1 only, on free ports, with their data in a temporary
-directory, the same ``--snapshot-count`` and etcd's default fsync behaviour; both are
-stopped (by PID) at the end. Each row runs against ours, then etcd, and the table shows the
-ratio ours/etcd (requests per second; for latency rows, etcd's p50 over ours, so above 1
-is better for us in both).
+Our cluster runs once per client gRPC server asked for (``--ours grpcio,native``: grpcio's
+asyncio server, the default, and pygrpc-native, ``--experimental-grpc-server=native``).
+Every cluster listens on 127.0.0.1 only, on free ports, with its data in a temporary
+directory, the same ``--snapshot-count`` and etcd's default fsync behaviour; all are
+stopped (by PID) at the end. Each row runs against each of ours, then etcd, and the table
+shows the ratio ours/etcd (requests per second; for latency rows, etcd's p50 over ours, so
+above 1 is better for us in both).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from .load import Options, Report, run
 
 ETCD = os.environ.get("ETCD_BIN") or shutil.which("etcd") or "/usr/bin/etcd"
+GRPC_SERVERS = ("grpcio", "native")  # our members' --experimental-grpc-server values
 
 
 @dataclass(frozen=True)
@@ -160,41 +163,86 @@ def _ratio(ours: Report, etcd: Report, latency: bool) -> float:
     return ours.rate / etcd.rate if etcd.rate else 0.0
 
 
-def compare(scale: float, as_json: bool) -> int:
+@dataclass
+class Result:
+    row: Row
+    ours: dict[str, Report]  # by our members' gRPC server
+    etcd: Report
+
+
+def compare(scale: float, as_json: bool, servers: Sequence[str] = GRPC_SERVERS) -> int:
     if not Path(ETCD).exists():
         print(f"error: no etcd at {ETCD} (apt-get install etcd-server)", file=sys.stderr)
         return 2
     results = []
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name, ExitStack() as stack:
         tmp = Path(tmp_name)
-        (tmp / "ours").mkdir()
+        ours_eps = {}
+        for server in servers:
+            (tmp / server).mkdir()
+            flags = ["--experimental-grpc-server", server]
+            ours_eps[server] = stack.enter_context(cluster("ours", tmp / server, extra_flags=flags))
         (tmp / "etcd").mkdir()
-        with cluster("ours", tmp / "ours") as ours_eps, cluster("etcd", tmp / "etcd") as etcd_eps:
-            for row in rows(scale):
-                ours = asyncio.run(run(row.workload, replace(row.opts, endpoints=ours_eps)))
-                etcd = asyncio.run(run(row.workload, replace(row.opts, endpoints=etcd_eps)))
-                results.append((row, ours, etcd))
+        etcd_eps = stack.enter_context(cluster("etcd", tmp / "etcd"))
+        for row in rows(scale):
+            ours = {
+                server: asyncio.run(run(row.workload, replace(row.opts, endpoints=eps)))
+                for server, eps in ours_eps.items()
+            }
+            etcd = asyncio.run(run(row.workload, replace(row.opts, endpoints=etcd_eps)))
+            results.append(Result(row, ours, etcd))
     if as_json:
         print(json.dumps([
-            {"row": row.name, "ours": o.summary(), "etcd": e.summary()}
-            for row, o, e in results
+            {
+                "row": r.row.name,
+                "ours": {server: o.summary() for server, o in r.ours.items()},
+                "etcd": r.etcd.summary(),
+            }
+            for r in results
         ]))  # fmt: skip
         return 0
-    print(f"{'workload':42} {'ours req/s':>11} {'etcd req/s':>11} {'ratio':>6} "
-          f"{'ours p50':>9} {'etcd p50':>9} {'ours p99':>9} {'etcd p99':>9}")  # fmt: skip
-    for row, o, e in results:
-        latency = row.workload.startswith("watch")
-        print(
-            f"{row.name:42} {o.rate:11.0f} {e.rate:11.0f} {_ratio(o, e, latency):6.2f} "
-            f"{o.percentile(50) * 1000:8.2f}m {e.percentile(50) * 1000:8.2f}m "
-            f"{o.percentile(99) * 1000:8.2f}m {e.percentile(99) * 1000:8.2f}m"
-        )
-    print("(ratio: ours/etcd requests per second; watch: etcd p50 / ours p50; m = ms)")
+    print(table(results))
     return 0
+
+
+def table(results: Sequence[Result]) -> str:
+    """One line per row and gRPC server of ours, beside etcd's figures for the row."""
+    lines = [
+        f"{'workload':42} {'ours (gRPC server)':>19} {'etcd req/s':>11} {'ratio':>6} "
+        f"{'ours p50':>9} {'etcd p50':>9} {'ours p99':>9} {'etcd p99':>9}"
+    ]
+    for r in results:
+        latency = r.row.workload.startswith("watch")
+        e = r.etcd
+        for server, o in r.ours.items():
+            lines.append(
+                f"{r.row.name:42} {o.rate:10.0f} {server:>8} {e.rate:11.0f} "
+                f"{_ratio(o, e, latency):6.2f} "
+                f"{o.percentile(50) * 1000:8.2f}m {e.percentile(50) * 1000:8.2f}m "
+                f"{o.percentile(99) * 1000:8.2f}m {e.percentile(99) * 1000:8.2f}m"
+            )
+    lines.append("(ratio: ours/etcd requests per second; watch: etcd p50 / ours p50; m = ms)")
+    return "\n".join(lines)
+
+
+def _servers(text: str) -> list[str]:
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in GRPC_SERVERS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give one or more of {', '.join(GRPC_SERVERS)}, comma-separated"
+        )
+    return chosen
 
 
 def add_parser(workloads: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = workloads.add_parser("compare", help="our cluster side by side with a real etcd")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every row's --total")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(run=lambda a: compare(a.scale, a.json))
+    p.add_argument(
+        "--ours",
+        type=_servers,
+        default=list(GRPC_SERVERS),
+        help="our members' gRPC servers to run, comma-separated (default: grpcio,native)",
+    )
+    p.set_defaults(run=lambda a: compare(a.scale, a.json, a.ours))

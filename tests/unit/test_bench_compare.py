@@ -1,0 +1,40 @@
+"""``python -m cluster.bench compare``'s table and its ``--ours`` choice (the runs themselves
+need a real etcd: ``make bench``)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from cluster.bench.compare import Result, _servers, rows, table
+from cluster.bench.load import Report
+
+
+def _report(rate: float, p50_ms: float) -> Report:
+    return Report("put", int(rate), 0, 1.0, [p50_ms / 1000] * 3)
+
+
+def test_one_line_per_row_and_grpc_server_with_ratios_against_etcd() -> None:
+    put, watch = rows(1.0)[1], rows(1.0)[4]
+    lines = table(
+        [
+            Result(
+                put, {"grpcio": _report(2000, 25), "native": _report(5000, 12)}, _report(4000, 10)
+            ),
+            Result(watch, {"grpcio": _report(1000, 8)}, _report(1000, 2)),
+        ]
+    ).splitlines()
+    assert len(lines) == 5  # header, 2 + 1 rows, legend
+    grpcio, native, watched = lines[1:4]
+    assert grpcio.startswith(put.name) and " grpcio " in grpcio and " 0.50 " in grpcio
+    assert " native " in native and " 1.25 " in native  # requests/s: ours over etcd
+    assert " 0.25 " in watched  # latency rows: etcd's p50 over ours
+
+
+def test_ours_takes_known_grpc_servers() -> None:
+    assert _servers("grpcio,native") == ["grpcio", "native"]
+    assert _servers(" native ") == ["native"]
+    for bad in ("", "grpcio,rust"):
+        with pytest.raises(argparse.ArgumentTypeError, match="one or more of grpcio, native"):
+            _servers(bad)
