@@ -20,7 +20,9 @@ ones, further plaintext ones) and the HTTP gateway's private socket; by default
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,7 @@ from .http import MemberHttp
 from .kv import grpc_server_options
 from .member import Member
 from .services import add_services
+from .sockets import private_socket
 
 
 @dataclass
@@ -67,7 +70,7 @@ def client_servers(cfg: MemberConfig, member: Member, http: MemberHttp) -> Clien
     out = ClientServers()
     native = native_url(cfg)
     if native is not None:
-        server = pygrpc_native.aio.server(options=options)
+        server = NativeServer(cfg.data_dir, options=options)
         # pygrpc-native serves registered methods only (generic handlers go behind it)
         out.closers += add_services(server, member, registered=True)
         server.add_insecure_port(_address(native))
@@ -85,6 +88,40 @@ def client_servers(cfg: MemberConfig, member: Member, http: MemberHttp) -> Clien
                 server.add_insecure_port(_address(url))
         out.servers.append(server)
     return out
+
+
+_fallback_data_dir: ContextVar[str | None] = ContextVar("fallback_data_dir", default=None)
+_temp_fallback_socket = pygrpc_native.aio._fallback_socket  # type: ignore[attr-defined]
+
+
+def _fallback_socket() -> tuple[str, str]:
+    """(directory, path) of the socket pygrpc-native's grpc.aio fallback listens on."""
+    data_dir = _fallback_data_dir.get()
+    if data_dir is None:
+        return _temp_fallback_socket()
+    path, _ = private_socket(data_dir, "native-fallback")  # too long a path: a temp dir
+    return os.path.dirname(path), path  # the server removes the directory when it stops
+
+
+# pygrpc-native makes a temp directory per server for that socket, which a killed member
+# would leave behind in /tmp; a NativeServer puts it in its data dir instead.
+pygrpc_native.aio._fallback_socket = _fallback_socket  # type: ignore[attr-defined]
+
+
+class NativeServer(pygrpc_native.aio.Server):
+    """pygrpc-native's asyncio server, its fallback socket in ``data_dir``
+    (``<data-dir>/member/native-fallback/grpc.sock``)."""
+
+    def __init__(self, data_dir: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._data_dir = data_dir
+
+    async def start(self) -> None:
+        token = _fallback_data_dir.set(self._data_dir)
+        try:
+            await super().start()
+        finally:
+            _fallback_data_dir.reset(token)
 
 
 def _address(url: URL) -> str:

@@ -41,9 +41,6 @@ import codecs
 import contextlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -63,6 +60,7 @@ from cluster.proto.v3lockpb import v3lock_pb2
 from cluster.tls import peer_server_context
 
 from .metrics import CLUSTER_VERSION, SERVER_VERSION
+from .sockets import private_socket, remove_private_socket
 
 if TYPE_CHECKING:
     from .member import Member
@@ -551,26 +549,6 @@ class Gateway:
 # -- the listeners --------------------------------------------------------------------------------
 
 
-_MAX_SOCKET_PATH: Final = 100  # sun_path holds 108 bytes
-
-
-def _gateway_socket(data_dir: str) -> tuple[str, bool]:
-    """Where the gateway's gRPC socket goes: (path, whether its directory is a temp one).
-
-    ``<data-dir>/member/gateway/grpc.sock`` (a 0700 directory: only this user may dial
-    it), or a private temp directory when that path is too long for a Unix socket.
-    """
-    directory = os.path.join(os.path.abspath(data_dir), "member", "gateway")
-    path = os.path.join(directory, "grpc.sock")
-    if len(path.encode()) > _MAX_SOCKET_PATH:
-        return os.path.join(tempfile.mkdtemp(prefix="etcd-py-gateway-"), "grpc.sock"), True
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    os.chmod(directory, 0o700)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # left by a killed process
-    return path, False
-
-
 class MemberHttp:
     """The member's HTTP listeners; see the module docstring for what each serves.
 
@@ -598,7 +576,7 @@ class MemberHttp:
         """Let ``server`` also listen on a private socket for the gateway (if it is on)."""
         if not self._member.cfg.listen_client_http_urls:
             return
-        self._socket, self._socket_in_temp = _gateway_socket(self._member.cfg.data_dir)
+        self._socket, self._socket_in_temp = private_socket(self._member.cfg.data_dir, "gateway")
         server.add_insecure_port(f"unix:{self._socket}")
 
     async def start_metrics(self) -> None:
@@ -650,11 +628,5 @@ class MemberHttp:
             await runner.cleanup()
         self._runners.clear()
         if self._socket is not None:
-            directory = os.path.dirname(self._socket)
-            if self._socket_in_temp:
-                shutil.rmtree(directory, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(self._socket)
-                    os.rmdir(directory)
+            remove_private_socket(self._socket, self._socket_in_temp)
             self._socket = None

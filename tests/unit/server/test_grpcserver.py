@@ -6,6 +6,8 @@ LeaseKeepAlive streams pygrpc-native passes to the grpc.aio server behind it."""
 from __future__ import annotations
 
 import asyncio
+import stat
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -114,3 +116,25 @@ async def test_native_refuses_an_authority_that_is_not_host_port(tmp_path: Path)
             await pb_grpc.KVStub(channel).Range(pb.RangeRequest(key=b"k"), timeout=5)
     finally:
         await lm.stop()
+
+
+async def test_native_fallback_socket_lives_in_the_data_dir() -> None:
+    """pygrpc-native's own choice, a new /tmp directory per server, would be left behind
+    by every killed member; ours is in the data dir, replaced at the next start."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as short:  # a Unix socket path is short
+        data_dir = Path(short) / "m0"
+        sock = data_dir / "member" / "native-fallback" / "grpc.sock"
+        sock.parent.mkdir(parents=True)
+        sock.write_bytes(b"")  # a killed member's leftover
+        lm = await start_member(data_dir, experimental_grpc_server="native")
+        try:
+            await lm.wait_leader()
+            assert stat.S_ISSOCK(sock.stat().st_mode)
+            watch = pb_grpc.WatchStub(lm.channel).Watch()  # served through that socket
+            await watch.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"k")))
+            async with asyncio.timeout(5):
+                assert (await watch.read()).created
+            watch.cancel()
+        finally:
+            await lm.stop()
+        assert not sock.parent.exists()
