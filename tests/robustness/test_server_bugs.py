@@ -39,7 +39,9 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import lmdb
@@ -165,6 +167,37 @@ async def test_a_restarted_member_never_answers_a_request_with_an_older_entrys_r
         await proxy.stop()
 
 
+class _CommitFails:
+    """A write transaction whose commit fails as mdb_txn_commit does on an I/O error (LMDB
+    aborts the transaction: the batch is lost)."""
+
+    def __init__(self, txn: Any) -> None:
+        self._txn = txn
+
+    def commit(self) -> None:
+        self._txn.abort()
+        raise lmdb.Error("mdb_txn_commit: Input/output error")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._txn, name)
+
+
+def _commit_failing_in(backend: Backend, caller: str) -> Callable[[float], bool]:
+    """``backend.commit_if_due`` whose commit fails when ``caller`` asks and the batch has
+    writes: through the real ``BatchTx.commit``."""
+    real = backend.commit_if_due
+
+    def commit_if_due(now: float) -> bool:
+        batch = backend.batch()
+        if sys._getframe(1).f_code.co_name != caller or batch._txn is None:
+            return real(now)
+        batch._txn = _CommitFails(batch._txn)  # type: ignore[assignment]
+        backend.commit(now)
+        return True
+
+    return commit_if_due
+
+
 async def test_a_failed_backend_commit_in_the_tick_loop_stops_the_member(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -180,20 +213,7 @@ async def test_a_failed_backend_commit_in_the_tick_loop_stops_the_member(
         backend.batch_interval = 3600.0  # no commit by age: the tick loop's below is the next
         resp = await live.kv.Put(pb.PutRequest(key=b"lost", value=b"1"), timeout=5)
         lost_index = member.applied_index
-        real = backend.commit_if_due
-
-        def commit_if_due(now: float) -> bool:
-            batch = backend.batch()
-            if sys._getframe(1).f_code.co_name != "_tick_loop" or not batch.active:
-                return real(now)
-            # As BatchTx.commit when mdb_txn_commit fails: the batch is detached, then lost.
-            txn = batch._txn
-            assert txn is not None
-            batch._txn, batch.pending, batch.pending_bytes = None, 0, 0
-            txn.abort()
-            raise lmdb.Error("mdb_txn_commit: Input/output error")
-
-        monkeypatch.setattr(backend, "commit_if_due", commit_if_due)
+        monkeypatch.setattr(backend, "commit_if_due", _commit_failing_in(backend, "_tick_loop"))
         for _ in range(100):
             if member.failed.is_set() or member._tasks[0].done():
                 break
@@ -238,20 +258,7 @@ async def test_after_a_failed_backend_commit_no_read_sees_the_lost_batch(
         await live.wait_leader()
         backend.batch_interval = 3600.0  # no commit by age: the Raft loop's below is the next
         await live.kv.Put(pb.PutRequest(key=b"k", value=b"v1"), timeout=5)
-        real = backend.commit_if_due
-
-        def commit_if_due(now: float) -> bool:
-            batch = backend.batch()
-            if sys._getframe(1).f_code.co_name != "_after_apply" or not batch.active:
-                return real(now)
-            # As BatchTx.commit when mdb_txn_commit fails: the batch is detached, then lost.
-            txn = batch._txn
-            assert txn is not None
-            batch._txn, batch.pending, batch.pending_bytes = None, 0, 0
-            txn.abort()
-            raise lmdb.Error("mdb_txn_commit: Input/output error")
-
-        monkeypatch.setattr(backend, "commit_if_due", commit_if_due)
+        monkeypatch.setattr(backend, "commit_if_due", _commit_failing_in(backend, "_after_apply"))
         backend.batch_interval = 0.0
         with contextlib.suppress(grpc.aio.AioRpcError):  # its Ready makes the Raft loop commit
             await live.kv.Put(pb.PutRequest(key=b"k2", value=b"v2"), timeout=1)
