@@ -71,6 +71,20 @@ async def test_unary_calls_and_etcd_errors(member: LiveMember) -> None:
     assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+async def test_request_size_limits(member: LiveMember) -> None:
+    """Over --max-request-bytes: etcd's "request is too large"; over the transport's own
+    limit (512 KiB above it): RESOURCE_EXHAUSTED, from either server."""
+    limit = member.member.cfg.max_request_bytes
+    with pytest.raises(grpc.aio.AioRpcError) as too_large:
+        await member.kv.Put(pb.PutRequest(key=b"k", value=b"x" * limit))
+    assert too_large.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert too_large.value.details() == "etcdserver: request is too large"
+    with pytest.raises(grpc.aio.AioRpcError) as huge:
+        await member.kv.Put(pb.PutRequest(key=b"k", value=b"x" * (limit + 1024 * 1024)))
+    assert huge.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (await member.kv.Range(pb.RangeRequest(key=b"k"))).count == 0
+
+
 async def test_streams(member: LiveMember) -> None:
     await member.kv.Put(pb.PutRequest(key=b"k", value=b"v1"))
     # a server stream (served by pygrpc-native itself)
