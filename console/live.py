@@ -194,8 +194,8 @@ def build_sample(
     """One dashboard sample: every member with its status, the leader, the revision, alarms.
 
     With ``previous`` (the sample before), ``writes_per_s`` (revision delta over time) and
-    ``leader_changed`` are filled in. ``error`` (the cluster did not answer) makes an empty
-    sample that says so.
+    ``leader_changed`` (against ``last_leader``, the last leader any sample saw) are filled
+    in. ``error`` (the cluster did not answer) makes an empty sample that says so.
     """
     now = time.time() if at is None else at
     probes = list(members)
@@ -259,12 +259,15 @@ def build_sample(
         "writes_per_s": None,
         "leader_changed": False,
     }
+    # The leader before this sample, across samples that saw none (an election under way,
+    # or the cluster not answering): a change through a leaderless sample is still one.
+    before = (previous or {}).get("last_leader") or (previous or {}).get("leader") or ""
+    sample["last_leader"] = sample["leader"] or before
     if previous is not None and not error:
         dt = now - float(previous.get("time") or now)
         prev_rev = int(previous.get("revision") or 0)
         if dt > 0 and prev_rev and revision >= prev_rev:
             sample["writes_per_s"] = round((revision - prev_rev) / dt, 1)
-        before = previous.get("leader") or ""
         sample["leader_changed"] = bool(before and sample["leader"] and before != sample["leader"])
         sample["previous_leader"] = before
     return sample
