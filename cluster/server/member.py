@@ -20,7 +20,6 @@ import random
 import struct
 import time
 from collections.abc import Awaitable, Coroutine, Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -71,6 +70,7 @@ from .metrics import MemberMetrics
 from .readindex import LinearizableReads
 from .requests import InternalRequest, decode_request, encode_request
 from .transport import PeerTransport
+from .worker import SerialWorker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -139,7 +139,7 @@ class Member:
         # batch (one step, one append, one message to the leader from a follower).
         self._proposals: list[tuple[bytes, asyncio.Future[object]]] = []
         # Ready batches are written and fsynced here, one at a time, off the event loop.
-        self._wal_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal")
+        self._wal_thread = SerialWorker("wal")
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()  # e.g. auto-compactions in flight
         self._raising_nospace = False
@@ -257,7 +257,7 @@ class Member:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.transport.close()
-        self._wal_thread.shutdown(wait=True)  # a write in flight finishes before the close
+        self._wal_thread.shutdown()  # a write in flight finishes before the close
         self.reads.close(RequestError(*kvconv.ERR_STOPPED))
         for fut in self._waiting.values():
             if not fut.done():
@@ -635,7 +635,7 @@ class Member:
             if rd.must_sync and len(rd.entries) > INLINE_SYNC_MAX_ENTRIES:
                 # While this runs, the loop serves requests and steps peers' messages into
                 # the Raft core; the core hands out no other Ready until ``advance``.
-                writing = self._loop.run_in_executor(self._wal_thread, self.log_store.persist, rd)
+                writing = self._wal_thread.run(self.log_store.persist, rd)
                 # Committed entries already on this member's disk need not wait for the
                 # new ones: apply them (and answer their clients) during the write.
                 durable = self.node.log.persisted_index()
