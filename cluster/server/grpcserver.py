@@ -7,10 +7,11 @@ loop in batches: about 50 µs for the same call, measured with the same client. 
 unary and server-streaming methods itself, on one plaintext port; calls with a request
 stream (Watch, LeaseKeepAlive) it passes to a grpc.aio server behind it, on a Unix socket,
 which costs the member 15-20 µs of CPU more per streamed message than grpc.aio answering
-directly (51-56 against 36 µs; the client spends ~10 µs less). It has no TLS, and it refuses (RST_STREAM, PROTOCOL_ERROR) a call whose
-``:authority`` is not a valid host[:port], which etcd accepts: etcd's Go client v3.5.0
-sent "#initially=[...]", and grpc-core clients given several addresses in one target
-("ipv4:a:1,b:2") send the list unless ``grpc.default_authority`` is set.
+directly (51-56 against 36 µs; the client spends ~10 µs less). It has no TLS, and it
+refuses (RST_STREAM, PROTOCOL_ERROR) a call whose ``:authority`` is not a valid
+host[:port], which etcd accepts: etcd's Go client v3.5.0 sent "#initially=[...]", and
+grpc-core clients given several addresses in one target ("ipv4:a:1,b:2") send the list
+unless ``grpc.default_authority`` is set.
 
 So it is opt-in: with ``--experimental-grpc-server=native`` the first plaintext client URL
 is served by pygrpc-native, and one grpc.aio server takes every other client URL (https
