@@ -74,7 +74,7 @@ def client_servers(cfg: MemberConfig, member: Member, http: MemberHttp) -> Clien
         server = NativeServer(cfg.data_dir, options=options)
         # pygrpc-native serves registered methods only (generic handlers go behind it)
         out.closers += add_services(server, member, registered=True)
-        server.add_insecure_port(_address(native))
+        server.add_insecure_port(listen_address(native))
         out.servers.append(server)
     rest = [u for u in cfg.listen_client_urls if u is not native]
     if rest or cfg.listen_client_http_urls:
@@ -84,9 +84,9 @@ def client_servers(cfg: MemberConfig, member: Member, http: MemberHttp) -> Clien
         for url in rest:
             if url.scheme == "https":
                 assert cfg.client_tls is not None  # config.load checks https has its files
-                server.add_secure_port(_address(url), grpc_server_credentials(cfg.client_tls))
+                server.add_secure_port(listen_address(url), grpc_server_credentials(cfg.client_tls))
             else:
-                server.add_insecure_port(_address(url))
+                server.add_insecure_port(listen_address(url))
         out.servers.append(server)
     return out
 
@@ -125,5 +125,6 @@ class NativeServer(pygrpc_native.aio.Server):
             _fallback_data_dir.reset(token)
 
 
-def _address(url: URL) -> str:
-    return f"{url.host}:{url.port}"
+def listen_address(url: URL) -> str:
+    """``host:port`` for a gRPC server's port; an IPv6 host in brackets (``[::1]:2379``)."""
+    return f"[{url.host}]:{url.port}" if ":" in url.host else f"{url.host}:{url.port}"

@@ -18,7 +18,8 @@ import pytest
 from cluster.config import load
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
-from cluster.server.grpcserver import native_url
+from cluster.server.grpcserver import listen_address, native_url
+from tests.e2e.procs import free_ports
 from tests.unit.server.live import LiveMember, start_member
 
 BASE = [
@@ -152,3 +153,21 @@ async def test_native_fallback_socket_lives_in_the_data_dir() -> None:
         finally:
             await lm.stop()
         assert not sock.parent.exists()
+
+
+@pytest.mark.parametrize("server", ["grpcio", "native"])
+async def test_an_ipv6_client_url(tmp_path: Path, server: str) -> None:
+    """An IPv6 host goes to the server in brackets (without, neither server binds it)."""
+    (ipv6,) = load([*BASE, "--listen-client-urls=http://[::1]:2379"], {}).listen_client_urls
+    assert listen_address(ipv6) == "[::1]:2379"
+    (port,) = free_ports(1)
+    url = f"http://[::1]:{port}"
+    lm = await start_member(
+        tmp_path / "m0", experimental_grpc_server=server, listen_client_urls=url
+    )
+    try:
+        await lm.wait_leader()
+        async with grpc.aio.insecure_channel(f"[::1]:{port}") as channel:
+            await pb_grpc.KVStub(channel).Put(pb.PutRequest(key=b"k", value=b"v"), timeout=5)
+    finally:
+        await lm.stop()
