@@ -62,7 +62,12 @@ async def _serve(cfg: MemberConfig) -> int:
     published = loop.create_task(member.published.wait())
     await asyncio.wait([published, *ending], return_when=asyncio.FIRST_COMPLETED)
     published.cancel()
-    servers = client_servers(cfg, member, http)
+    try:
+        servers = client_servers(cfg, member, http)
+    except OSError:
+        await http.stop()
+        await member.stop()
+        raise
     await servers.start()
     try:
         await http.start_clients()

@@ -74,7 +74,7 @@ def client_servers(cfg: MemberConfig, member: Member, http: MemberHttp) -> Clien
         server = NativeServer(cfg.data_dir, options=options)
         # pygrpc-native serves registered methods only (generic handlers go behind it)
         out.closers += add_services(server, member, registered=True)
-        server.add_insecure_port(listen_address(native))
+        _bind(native, server.add_insecure_port, listen_address(native))
         out.servers.append(server)
     rest = [u for u in cfg.listen_client_urls if u is not native]
     if rest or cfg.listen_client_http_urls:
@@ -84,11 +84,22 @@ def client_servers(cfg: MemberConfig, member: Member, http: MemberHttp) -> Clien
         for url in rest:
             if url.scheme == "https":
                 assert cfg.client_tls is not None  # config.load checks https has its files
-                server.add_secure_port(listen_address(url), grpc_server_credentials(cfg.client_tls))
+                creds = grpc_server_credentials(cfg.client_tls)
+                _bind(url, server.add_secure_port, listen_address(url), creds)
             else:
-                server.add_insecure_port(listen_address(url))
+                _bind(url, server.add_insecure_port, listen_address(url))
         out.servers.append(server)
     return out
+
+
+def _bind(url: URL, add_port: Callable[..., int], *args: Any) -> None:
+    """``add_port(*args)``; both servers raise RuntimeError when the address cannot be
+    bound (in use, or not this host's): an OSError naming the URL, for ``python -m
+    cluster``'s one-line error."""
+    try:
+        add_port(*args)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen for clients on {url}: {exc}") from exc
 
 
 _fallback_data_dir: ContextVar[str | None] = ContextVar("fallback_data_dir", default=None)

@@ -1,0 +1,36 @@
+"""A member whose client port cannot be bound says so in one line and exits 1, on either
+client gRPC server (``--experimental-grpc-server``)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.procs import ROOT, free_ports
+
+
+@pytest.mark.parametrize("server", ["grpcio", "native"])
+def test_a_client_port_in_use_fails_with_one_clear_line(tmp_path: Path, server: str) -> None:
+    client, peer = free_ports(2)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", client))
+        taken.listen()
+        done = subprocess.run(
+            [sys.executable, "-m", "cluster", "--name", "x", "--data-dir", str(tmp_path / "x"),
+             "--listen-client-urls", f"http://127.0.0.1:{client}",
+             "--advertise-client-urls", f"http://127.0.0.1:{client}",
+             "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-cluster", f"x=http://127.0.0.1:{peer}",
+             "--experimental-grpc-server", server, "--log-level", "error"],
+            capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    # the last line is ours (grpc-core logs its own reason, "Address already in use", first)
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot listen for clients on http://127.0.0.1:{client}: ")
