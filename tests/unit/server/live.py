@@ -86,6 +86,37 @@ async def serve_member(argv: list[str], client: int) -> LiveMember:
     )
 
 
+async def start_peer(
+    data_dir: Path, name: str, client: int, peers: list[int], *flags: str
+) -> LiveMember:
+    """Member ``name`` ("m<i>", its peer port ``peers[i]``) of the cluster of ``peers``."""
+    initial = ",".join(f"m{i}=http://127.0.0.1:{port}" for i, port in enumerate(peers))
+    own = peers[int(name[1:])]
+    argv = [
+        f"--name={name}",
+        f"--data-dir={data_dir}",
+        f"--listen-client-urls=http://127.0.0.1:{client}",
+        f"--advertise-client-urls=http://127.0.0.1:{client}",
+        f"--listen-peer-urls=http://127.0.0.1:{own}",
+        f"--initial-advertise-peer-urls=http://127.0.0.1:{own}",
+        f"--initial-cluster={initial}",
+        "--heartbeat-interval=10",
+        "--election-timeout=100",
+        *flags,
+    ]
+    return await serve_member(argv, client)
+
+
+async def wait_leader(members: list[LiveMember], timeout: float = 10) -> LiveMember:
+    """The member that leads, once one does."""
+    async with asyncio.timeout(timeout):
+        while True:
+            for lm in members:
+                if lm.member.leader == lm.member.id:
+                    return lm
+            await asyncio.sleep(0.02)
+
+
 def retired_db_released(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Awaitable[None]]:
     """Record the members' releases of replaced dbs; the result waits for one of ``db``.
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Generator, Iterable
+from collections.abc import Awaitable, Generator, Iterable
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ import pytest
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.raft import ConfState, Message, MessageType, Snapshot, SnapshotMetadata
 from tests.e2e.procs import free_ports
-from tests.unit.server.live import LiveMember, retired_db_released, serve_member
+from tests.unit.server.live import LiveMember, retired_db_released, start_peer, wait_leader
 from tests.unit.server.test_transport import _app, _connected, _Member
 
 KEYS = 3000
@@ -110,32 +110,9 @@ async def test_a_failing_snapshot_source_is_reported_and_the_stream_goes_on() ->
     await b.transport.close()
 
 
-async def _start(data_dir: Path, name: str, client: int, peers: list[int]) -> LiveMember:
-    initial = ",".join(f"m{i}=http://127.0.0.1:{port}" for i, port in enumerate(peers))
-    own = peers[int(name[1:])]
-    argv = [
-        f"--name={name}",
-        f"--data-dir={data_dir}",
-        f"--listen-client-urls=http://127.0.0.1:{client}",
-        f"--advertise-client-urls=http://127.0.0.1:{client}",
-        f"--listen-peer-urls=http://127.0.0.1:{own}",
-        f"--initial-advertise-peer-urls=http://127.0.0.1:{own}",
-        f"--initial-cluster={initial}",
-        "--heartbeat-interval=10",
-        "--election-timeout=100",
-        "--snapshot-count=200",
-        "--experimental-snapshot-catchup-entries=10",
-    ]
-    return await serve_member(argv, client)
-
-
-async def _leader(members: list[LiveMember]) -> LiveMember:
-    async with asyncio.timeout(10):
-        while True:
-            for lm in members:
-                if lm.member.leader == lm.member.id:
-                    return lm
-            await asyncio.sleep(0.02)
+def _start(data_dir: Path, name: str, client: int, peers: list[int]) -> Awaitable[LiveMember]:
+    snapshots = ["--snapshot-count=200", "--experimental-snapshot-catchup-entries=10"]
+    return start_peer(data_dir, name, client, peers, *snapshots)
 
 
 async def test_the_leader_serves_clients_while_it_prepares_a_snapshot(
@@ -147,7 +124,7 @@ async def test_the_leader_serves_clients_while_it_prepares_a_snapshot(
     names = ["m0", "m1", "m2"]
     members = [await _start(tmp_path / n, n, c, peers) for n, c in zip(names, clients, strict=True)]
     try:
-        leader = await _leader(members)
+        leader = await wait_leader(members)
         behind = next(lm for lm in members if lm is not leader)
         at = members.index(behind)
         await behind.stop()
