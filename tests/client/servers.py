@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from tests.e2e.procs import free_ports
+from tests.e2e.procs import free_ports, member_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 ETCD = os.environ.get("ETCD_BIN") or shutil.which("etcd") or "/usr/bin/etcd"
@@ -154,13 +154,11 @@ def our_cluster(tmp: Path, size: int) -> Iterator[Servers]:
     for i, name in enumerate(names):
         client, peer = ports[2 * i], ports[2 * i + 1]
         argv = [
-            sys.executable, "-m", "cluster", "--name", name, "--data-dir", str(tmp / name),
-            "--listen-client-urls", f"http://127.0.0.1:{client}",
-            "--advertise-client-urls", f"http://127.0.0.1:{client}",
-            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-cluster", initial,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "cluster",
+            *member_flags(name, tmp / name, client, peer, initial),
+        ]
         procs.append(Proc(name, client, peer, tmp / f"{name}.log", argv))
     cluster = ProcCluster(procs)
     try:

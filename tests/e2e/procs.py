@@ -84,6 +84,18 @@ class Proc:
             self.popen.wait(10)
 
 
+def member_flags(name: str, data_dir: Path, client: int, peer: int, initial: str) -> list[str]:
+    """``python -m cluster`` flags for a member on 127.0.0.1 ``client`` and ``peer``."""
+    return [
+        "--name", name, "--data-dir", str(data_dir),
+        "--listen-client-urls", f"http://127.0.0.1:{client}",
+        "--advertise-client-urls", f"http://127.0.0.1:{client}",
+        "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-cluster", initial,
+    ]  # fmt: skip
+
+
 class Cluster:
     def __init__(self, tmp: Path, size: int = 3) -> None:
         self.led_at: float | None = None  # when a leader was first seen
@@ -94,14 +106,7 @@ class Cluster:
         ]
         initial = ",".join(f"{m.name}=http://127.0.0.1:{m.peer}" for m in self.members)
         for m in self.members:
-            m.args = [
-                "--name", m.name, "--data-dir", str(m.data_dir),
-                "--listen-client-urls", f"http://127.0.0.1:{m.client}",
-                "--advertise-client-urls", f"http://127.0.0.1:{m.client}",
-                "--listen-peer-urls", f"http://127.0.0.1:{m.peer}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{m.peer}",
-                "--initial-cluster", initial,
-            ]  # fmt: skip
+            m.args = member_flags(m.name, m.data_dir, m.client, m.peer, initial)
 
     @property
     def endpoints(self) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.procs import ROOT, free_ports
+from tests.e2e.procs import ROOT, free_ports, member_flags
 
 
 @pytest.mark.parametrize("server", ["grpcio", "native"])
@@ -20,12 +20,8 @@ def test_a_client_port_in_use_fails_with_one_clear_line(tmp_path: Path, server: 
         taken.bind(("127.0.0.1", client))
         taken.listen()
         done = subprocess.run(
-            [sys.executable, "-m", "cluster", "--name", "x", "--data-dir", str(tmp_path / "x"),
-             "--listen-client-urls", f"http://127.0.0.1:{client}",
-             "--advertise-client-urls", f"http://127.0.0.1:{client}",
-             "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-             "--initial-cluster", f"x=http://127.0.0.1:{peer}",
+            [sys.executable, "-m", "cluster",
+             *member_flags("x", tmp_path / "x", client, peer, f"x=http://127.0.0.1:{peer}"),
              "--experimental-grpc-server", server, "--log-level", "error"],
             capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
         )  # fmt: skip

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.procs import ROOT, Cluster, free_ports, needs_etcdctl
+from tests.e2e.procs import ROOT, Cluster, free_ports, member_flags, needs_etcdctl
 
 pytestmark = needs_etcdctl
 
@@ -149,12 +149,9 @@ def test_joining_with_a_wrong_initial_cluster_fails_with_one_clear_line(
     client, peer = free_ports(2)
     m0 = c.members[0]
     done = subprocess.run(
-        [sys.executable, "-m", "cluster", "--name", "x", "--data-dir", str(tmp_path / "x"),
-         "--listen-client-urls", f"http://127.0.0.1:{client}",
-         "--advertise-client-urls", f"http://127.0.0.1:{client}",
-         "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-cluster", f"m0=http://127.0.0.1:{m0.peer},x=http://127.0.0.1:{peer}",
+        [sys.executable, "-m", "cluster",
+         *member_flags("x", tmp_path / "x", client, peer,
+                       f"m0=http://127.0.0.1:{m0.peer},x=http://127.0.0.1:{peer}"),
          "--initial-cluster-state", "existing"],
         capture_output=True, text=True, timeout=30, cwd=ROOT, check=False,
     )  # fmt: skip

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,20 @@ async def members(tmp_path: Path) -> AsyncIterator[list[LiveMember]]:
     finally:
         for lm in started:
             await lm.stop()
+
+
+@dataclass
+class Recorded:
+    leader: LiveMember
+    followers: set[int]
+    seen: dict[str, list[tuple[int, int]]]  # by way: (member id, entries in the Ready)
+
+
+@pytest.fixture
+async def recorded(members: list[LiveMember], monkeypatch: pytest.MonkeyPatch) -> Recorded:
+    seen = _record_handlers(monkeypatch)
+    leader = await wait_leader(members)
+    return Recorded(leader, {lm.member.id for lm in members if lm is not leader}, seen)
 
 
 def _record_handlers(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[int, int]]]:
@@ -63,32 +78,26 @@ async def _converged(members: list[LiveMember], key: bytes) -> int:
 
 
 async def test_appends_and_acks_are_handled_in_the_callback(
-    members: list[LiveMember], monkeypatch: pytest.MonkeyPatch
+    members: list[LiveMember], recorded: Recorded
 ) -> None:
-    seen = _record_handlers(monkeypatch)
-    leader = await wait_leader(members)
-    followers = {lm.member.id for lm in members if lm is not leader}
     for i in range(20):
-        await leader.kv.Put(pb.PutRequest(key=b"k", value=b"%d" % i))
+        await recorded.leader.kv.Put(pb.PutRequest(key=b"k", value=b"%d" % i))
     assert await _converged(members, b"k") >= 21
-    in_callback = {mid for mid, entries in seen["callback"] if entries == 1}
-    assert followers <= in_callback  # each follower wrote appends of one entry there
-    assert leader.member.id in {mid for mid, _ in seen["callback"]}  # acks: commit, apply
+    in_callback = {mid for mid, entries in recorded.seen["callback"] if entries == 1}
+    assert recorded.followers <= in_callback  # each follower wrote one-entry appends there
+    leader_id = recorded.leader.member.id
+    assert leader_id in {mid for mid, _ in recorded.seen["callback"]}  # acks: commit, apply
 
 
 async def test_a_ready_to_write_on_the_wal_thread_is_left_to_the_loop(
-    members: list[LiveMember], monkeypatch: pytest.MonkeyPatch
+    members: list[LiveMember], recorded: Recorded
 ) -> None:
-    seen = _record_handlers(monkeypatch)
-    leader = await wait_leader(members)
-    followers = {lm.member.id for lm in members if lm is not leader}
-    await asyncio.gather(
-        *(leader.kv.Put(pb.PutRequest(key=b"k%d" % i, value=b"v")) for i in range(200))
-    )
+    puts = (pb.PutRequest(key=b"k%d" % i, value=b"v") for i in range(200))
+    await asyncio.gather(*(recorded.leader.kv.Put(put) for put in puts))
     await _converged(members, b"k0")
-    batched = {mid for mid, entries in seen["loop"] if entries > 1}
-    assert followers & batched  # appends of many entries went to the loop (WAL thread)
-    assert all(entries <= 1 for _, entries in seen["callback"])
+    batched = {mid for mid, entries in recorded.seen["loop"] if entries > 1}
+    assert recorded.followers & batched  # appends of many entries went to the loop
+    assert all(entries <= 1 for _, entries in recorded.seen["callback"])
 
 
 async def test_a_failure_in_the_callback_stops_the_member(
