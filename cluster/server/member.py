@@ -141,10 +141,6 @@ class Member:
         # Ready batches are written and fsynced here, one at a time, off the event loop.
         self._wal_thread = SerialWorker("wal")
         self._tasks: list[asyncio.Task[None]] = []
-        # Raft loop state: a Ready being handled (its WAL write may be in flight), and one
-        # taken in a peer message's callback that must wait for a thread (the loop takes it)
-        self._handling = False
-        self._deferred: Ready | None = None
         self._background: set[asyncio.Task[None]] = set()  # e.g. auto-compactions in flight
         self._raising_nospace = False
         self._lead = 0  # the leader this member last knew of (0: none)
@@ -464,41 +460,7 @@ class Member:
     def _receive(self, messages: list[Message]) -> None:
         for m in messages:
             self.node.step_remote(m)
-        if (
-            self._handling
-            or self._deferred is not None
-            or not self._tasks
-            or self._stopping
-            or self.failed.is_set()
-        ):
-            self._wake.set()  # the Raft loop is mid-Ready (it comes back for these) or done
-            return
-        # Handle what these made ready here, in the transport's callback, rather than wake
-        # the Raft loop's task for it: an acknowledgement or an append is answered without
-        # waiting for the loop's next turn.
-        try:
-            self._handle_ready_now()
-        except Exception as exc:
-            self._loop_failed(exc)
-
-    def _handle_ready_now(self) -> None:
-        if self._proposals:
-            self._flush_proposals()
-        while self.node.has_ready():
-            rd = self.node.ready()
-            if rd.snapshot is not None or (
-                rd.must_sync and len(rd.entries) > INLINE_SYNC_MAX_ENTRIES
-            ):
-                self._deferred = rd  # it waits for a thread: the loop handles it
-                self._wake.set()
-                return
-            self._handling = True
-            try:
-                self._handle_now(rd)
-            finally:
-                self._handling = False
-        if self.hub.unsynced_count:
-            self.hub.sync_unsynced()
+        self._wake.set()
 
     async def _tick_loop(self) -> None:
         interval = self.cfg.heartbeat_interval_ms / 1000
@@ -621,37 +583,23 @@ class Member:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                if self.failed.is_set():
-                    return  # a Ready failed in a peer message's callback (``_receive``)
                 while True:
-                    if self._deferred is not None:
-                        rd, self._deferred = self._deferred, None
-                    else:
-                        if self._proposals:  # also those proposed while a Ready was written
-                            self._flush_proposals()
-                        if not self.node.has_ready():
-                            break
-                        rd = self.node.ready()
-                    self._handling = True
-                    try:
-                        await self._handle(rd)
-                    finally:
-                        self._handling = False
+                    if self._proposals:  # also those proposed while a Ready was written
+                        self._flush_proposals()
+                    if not self.node.has_ready():
+                        break
+                    await self._handle(self.node.ready())
                 if self.hub.unsynced_count:
                     self.hub.sync_unsynced()  # woken by the hub: watchers behind catch up
-        except Exception as exc:
-            self._loop_failed(exc)
-
-    def _loop_failed(self, exc: Exception) -> None:
-        if isinstance(exc, BackendQuotaError):
+        except BackendQuotaError as exc:
             # The backend file is at its hard limit (well above the quota): a committed
             # entry cannot be applied. Stop rather than diverge; the WAL still holds it.
             self._fail(
                 f"backend: {self.backend.path} is full ({exc}); restart with a larger "
                 "--quota-backend-bytes to apply the remaining entries"
             )
-        else:
-            log.exception("the Raft loop failed", exc_info=exc)
+        except Exception as exc:
+            log.exception("the Raft loop failed")
             self._fail(f"the Raft loop failed: {exc!r}")
 
     def _fail(self, reason: str) -> None:
@@ -671,6 +619,8 @@ class Member:
             raise RequestError(*kvconv.ERR_STOPPED)
 
     async def _handle(self, rd: Ready) -> None:
+        messages = rd.messages
+        applied_early = 0  # committed entries applied while this Ready's own were written
         if rd.snapshot is not None:
             # A leader's snapshot: its data is the leader's whole backend. Install
             # that first, so the durable snapshot marker is never ahead of it.
@@ -678,44 +628,28 @@ class Member:
             rd.snapshot = Snapshot(rd.snapshot.metadata, b"")  # the .snap file keeps metadata
             self.conf = rd.snapshot.metadata.conf_state
             self.log_store.save(rd)  # rare: on the loop, before anything depends on it
-            self._finish(rd, rd.messages)
-        elif rd.must_sync and len(rd.entries) > INLINE_SYNC_MAX_ENTRIES:
-            messages = self._send_before_persisting(rd)
-            # While this runs, the loop serves requests and steps peers' messages into
-            # the Raft core; the core hands out no other Ready until ``advance``.
-            writing = self._wal_thread.run(self.log_store.persist, rd)
-            # Committed entries already on this member's disk need not wait for the
-            # new ones: apply them (and answer their clients) during the write.
-            durable = self.node.log.persisted_index()
-            applied_early = 0
-            try:
-                for entry in rd.committed_entries:
-                    if entry.index > durable:
-                        break
-                    self._apply(entry)
-                    applied_early += 1
-            finally:
-                await writing
-            self.log_store.publish(rd)  # durable before anything depends on it
-            self._finish(rd, messages, applied_early)
         else:
-            self._handle_now(rd)
-
-    def _handle_now(self, rd: Ready) -> None:
-        """A Ready with no snapshot and at most one entry to sync: written on the loop."""
-        messages = self._send_before_persisting(rd)
-        self.log_store.persist(rd)  # small: a write and maybe one short fsync
-        self.log_store.publish(rd)  # durable before anything depends on it
-        self._finish(rd, messages)
-
-    def _send_before_persisting(self, rd: Ready) -> list[Message]:
-        """A leader's appends and heartbeats go out now; the rest after the write."""
-        if self.node.state == StateType.LEADER and rd.messages:
-            self.transport.send([m for m in rd.messages if m.type in _SENT_BEFORE_PERSISTED])
-            return [m for m in rd.messages if m.type not in _SENT_BEFORE_PERSISTED]
-        return rd.messages
-
-    def _finish(self, rd: Ready, messages: list[Message], applied_early: int = 0) -> None:
+            if self.node.state == StateType.LEADER and messages:
+                self.transport.send([m for m in messages if m.type in _SENT_BEFORE_PERSISTED])
+                messages = [m for m in messages if m.type not in _SENT_BEFORE_PERSISTED]
+            if rd.must_sync and len(rd.entries) > INLINE_SYNC_MAX_ENTRIES:
+                # While this runs, the loop serves requests and steps peers' messages into
+                # the Raft core; the core hands out no other Ready until ``advance``.
+                writing = self._wal_thread.run(self.log_store.persist, rd)
+                # Committed entries already on this member's disk need not wait for the
+                # new ones: apply them (and answer their clients) during the write.
+                durable = self.node.log.persisted_index()
+                try:
+                    for entry in rd.committed_entries:
+                        if entry.index > durable:
+                            break
+                        self._apply(entry)
+                        applied_early += 1
+                finally:
+                    await writing
+            else:
+                self.log_store.persist(rd)  # small: a write and maybe one short fsync
+            self.log_store.publish(rd)  # durable before anything depends on it
         # A MsgSnap's data (this member's backend) is produced by the peer's transport
         # when it sends it (``_backend_image``), off this loop.
         self.transport.send(messages)
