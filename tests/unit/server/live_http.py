@@ -1,39 +1,37 @@
 """A real member in this process with its HTTP listeners, as ``cluster.cli.serve`` runs it.
 
 ``start_http_member`` starts one (like ``live.start_member``: fast ticks, free loopback
-ports) with ``--listen-client-http-urls`` and ``--listen-metrics-urls``, the gRPC server
-with its counted handlers and the gateway's socket; ``HttpMember.stop`` stops it all.
+ports) with ``--listen-client-http-urls`` and ``--listen-metrics-urls``, its client gRPC
+servers (``client_servers``, the gateway's socket among them); ``HttpMember.stop`` stops it
+all.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from cluster.config import load
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from cluster.server.grpcserver import ClientServers, client_servers
 from cluster.server.http import MemberHttp
-from cluster.server.kv import grpc_server_options
 from cluster.server.member import Member
-from cluster.server.services import add_services
 from tests.e2e.procs import free_ports
 
 
 @dataclass
 class HttpMember:
     member: Member
-    server: grpc.aio.Server
+    servers: ClientServers
     http: MemberHttp
     channel: grpc.aio.Channel
     client_url: str  # the gateway's listener: http://127.0.0.1:<port>
     metrics_url: str  # the metrics listener
     maintenance: pb_grpc.MaintenanceStub
     kv: pb_grpc.KVStub
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def wait_leader(self, timeout: float = 5.0) -> None:
         async with asyncio.timeout(timeout):
@@ -43,9 +41,7 @@ class HttpMember:
     async def stop(self) -> None:
         await self.channel.close()
         await self.http.stop()
-        await self.server.stop(None)
-        for close in self.closers:
-            await close()
+        await self.servers.stop(None)
         await self.member.stop()
 
 
@@ -87,21 +83,17 @@ async def start_http_member(
     if wait_published:
         async with asyncio.timeout(10):
             await member.published.wait()
-    server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
-    closers = add_services(server, member)
-    http.add_gateway_port(server)
-    server.add_insecure_port(f"127.0.0.1:{client}")
-    await server.start()
+    servers = client_servers(cfg, member, http)
+    await servers.start()
     await http.start_clients()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{client}")
     return HttpMember(
         member,
-        server,
+        servers,
         http,
         channel,
         f"{scheme}://127.0.0.1:{http_port}",
         f"{scheme}://127.0.0.1:{metrics_port}",
         pb_grpc.MaintenanceStub(channel),
         pb_grpc.KVStub(channel),
-        closers,
     )
