@@ -166,6 +166,7 @@ def validate_retention(mode: str, retention: str) -> None:
 
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "dpanic", "panic", "fatal")
+GRPC_SERVERS = ("grpcio", "native")  # --experimental-grpc-server: cluster.server.grpcserver
 """etcd's --log-level values (zap's); "warning" and upper case are accepted too."""
 
 
@@ -274,7 +275,7 @@ FLAGS: tuple[_Flag, ...] = (
         "experimental-grpc-server",
         "grpcio",
         "grpcio, or native: serve the first plaintext client URL with pygrpc-native",
-        choices=("grpcio", "native"),
+        choices=GRPC_SERVERS,
     ),
     _Flag(
         "strict-reconfig-check",

@@ -29,13 +29,13 @@ from pathlib import Path
 
 import grpc
 
+from cluster.config import GRPC_SERVERS
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 
 from .load import Options, Report, run
 
 ETCD = os.environ.get("ETCD_BIN") or shutil.which("etcd") or "/usr/bin/etcd"
-GRPC_SERVERS = ("grpcio", "native")  # our members' --experimental-grpc-server values
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.config import GRPC_SERVERS
 from tests.e2e.procs import Cluster, running
 
 
@@ -23,7 +24,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "module_cluster" in metafunc.fixturenames and getattr(
         metafunc.module, "BOTH_GRPC_SERVERS", False
     ):
-        metafunc.parametrize("grpc_server", ["grpcio", "native"], indirect=True, scope="module")
+        metafunc.parametrize("grpc_server", GRPC_SERVERS, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="module")

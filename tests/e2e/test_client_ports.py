@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from cluster.config import GRPC_SERVERS
 from tests.e2e.procs import ROOT, free_ports, member_flags
 
 
-@pytest.mark.parametrize("server", ["grpcio", "native"])
+@pytest.mark.parametrize("server", GRPC_SERVERS)
 def test_a_client_port_in_use_fails_with_one_clear_line(tmp_path: Path, server: str) -> None:
     client, peer = free_ports(2)
     with socket.socket() as taken:

@@ -15,7 +15,7 @@ import grpc
 import pygrpc_native.aio
 import pytest
 
-from cluster.config import load
+from cluster.config import GRPC_SERVERS, load
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from cluster.server.grpcserver import listen_address, native_url
@@ -41,7 +41,7 @@ def test_native_serves_the_first_plaintext_client_url(tmp_path: Path) -> None:
     assert native_url(only_tls) is None  # pygrpc-native has no TLS
 
 
-@pytest.fixture(params=["native", "grpcio"])
+@pytest.fixture(params=GRPC_SERVERS)
 async def member(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LiveMember]:
     lm = await start_member(tmp_path / "m0", experimental_grpc_server=request.param)
     try:
@@ -155,7 +155,7 @@ async def test_native_fallback_socket_lives_in_the_data_dir() -> None:
         assert not sock.parent.exists()
 
 
-@pytest.mark.parametrize("server", ["grpcio", "native"])
+@pytest.mark.parametrize("server", GRPC_SERVERS)
 async def test_an_ipv6_client_url(tmp_path: Path, server: str) -> None:
     """An IPv6 host goes to the server in brackets (without, neither server binds it)."""
     (ipv6,) = load([*BASE, "--listen-client-urls=http://[::1]:2379"], {}).listen_client_urls
