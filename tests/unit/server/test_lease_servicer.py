@@ -15,16 +15,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cluster.config import load
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from cluster.raft import StateType
-from cluster.server.kv import grpc_server_options
 from cluster.server.lease import IdGenerator
 from cluster.server.member import Member
-from cluster.server.services import add_services
 from tests.e2e.procs import free_ports
-from tests.unit.server.live import LiveMember, start_member
+from tests.unit.server.live import LiveMember, start_member, start_peer
 
 NOT_FOUND = "etcdserver: requested lease not found"
 
@@ -227,18 +224,24 @@ def test_id_generator_is_etcds_request_id_generator() -> None:
 
 class Three:
     def __init__(self) -> None:
-        self.members: list[Member] = []
-        self.servers: list[grpc.aio.Server | None] = []  # None: stopped
-        self.channels: list[grpc.aio.Channel] = []
+        self.lives: list[LiveMember] = []
+        self.stopped: set[int] = set()  # indexes of the members stopped
+
+    @property
+    def members(self) -> list[Member]:
+        return [lm.member for lm in self.lives]
+
+    def _live(self, m: Member) -> LiveMember:
+        return self.lives[self.members.index(m)]
 
     def lease(self, m: Member) -> pb_grpc.LeaseAsyncStub:
-        return pb_grpc.LeaseStub(self.channels[self.members.index(m)])  # type: ignore[return-value]
+        return pb_grpc.LeaseStub(self._live(m).channel)  # type: ignore[return-value]
 
     def kv(self, m: Member) -> pb_grpc.KVAsyncStub:
-        return pb_grpc.KVStub(self.channels[self.members.index(m)])  # type: ignore[return-value]
+        return pb_grpc.KVStub(self._live(m).channel)  # type: ignore[return-value]
 
     def running(self) -> list[Member]:
-        return [m for m, s in zip(self.members, self.servers, strict=True) if s is not None]
+        return [lm.member for i, lm in enumerate(self.lives) if i not in self.stopped]
 
     async def leader(self, timeout: float = 10.0) -> Member:
         async with asyncio.timeout(timeout):
@@ -252,45 +255,20 @@ class Three:
 
     async def stop(self, m: Member) -> None:
         i = self.members.index(m)
-        await self.channels[i].close()
-        server = self.servers[i]
-        assert server is not None
-        await server.stop(None)
-        await m.stop()
-        self.servers[i] = None
+        assert i not in self.stopped
+        await self.lives[i].stop()
+        self.stopped.add(i)
 
 
 @pytest.fixture
 async def three(tmp_path: Path) -> AsyncIterator[Three]:
     ports = free_ports(6)
-    initial = ",".join(f"m{i}=http://127.0.0.1:{ports[2 * i + 1]}" for i in range(3))
+    clients, peers = ports[:3], ports[3:]
+    ticks = ["--heartbeat-interval=50", "--election-timeout=500"]
     c = Three()
     try:
         for i in range(3):
-            client, peer = ports[2 * i], ports[2 * i + 1]
-            cfg = load(
-                [
-                    f"--name=m{i}",
-                    f"--data-dir={tmp_path / f'm{i}'}",
-                    f"--listen-client-urls=http://127.0.0.1:{client}",
-                    f"--advertise-client-urls=http://127.0.0.1:{client}",
-                    f"--listen-peer-urls=http://127.0.0.1:{peer}",
-                    f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-                    f"--initial-cluster={initial}",
-                    "--heartbeat-interval=50",
-                    "--election-timeout=500",
-                ],
-                {},
-            )
-            member = Member(cfg)
-            await member.start()
-            server = grpc.aio.server(options=grpc_server_options(cfg.max_request_bytes))
-            add_services(server, member)
-            server.add_insecure_port(f"127.0.0.1:{client}")
-            await server.start()
-            c.members.append(member)
-            c.servers.append(server)
-            c.channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{client}"))
+            c.lives.append(await start_peer(tmp_path / f"m{i}", f"m{i}", clients[i], peers, *ticks))
         await c.leader()
 
         async def published() -> bool:  # every member's client URL is known to all
@@ -299,9 +277,8 @@ async def three(tmp_path: Path) -> AsyncIterator[Three]:
         await _until(published, 10.0)
         yield c
     finally:
-        for i, m in enumerate(c.members):
-            if c.servers[i] is not None:
-                await c.stop(m)
+        for m in c.running():
+            await c.stop(m)
 
 
 async def test_a_follower_forwards_keepalives_and_timetolive_to_the_leader(
