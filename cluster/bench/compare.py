@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 
 from .load import Options, Report, run
+from .ports import free_ports
 
 ETCD = os.environ.get("ETCD_BIN") or shutil.which("etcd") or "/usr/bin/etcd"
 
@@ -76,16 +76,6 @@ def rows(scale: float) -> list[Row]:
     ]
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _member_argv(
     kind: str, name: str, client: int, peer: int, initial: str, data: Path
 ) -> list[str]:
@@ -118,7 +108,7 @@ def cluster(
     ``started``, if given, receives the member processes, in endpoint order (their
     ``args`` start them again). Members still running at the end are killed.
     """
-    ports = _free_ports(2 * size)
+    ports = free_ports(2 * size)
     names = [f"{kind}{i}" for i in range(size)]
     initial = ",".join(f"{n}=http://127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(names))
     procs: list[subprocess.Popen[bytes]] = []

@@ -27,9 +27,10 @@ from typing import Any
 
 import pytest
 
+from cluster.bench.ports import free_ports
 from cluster.client import Client, Op
 from tests.browser.conftest import ARTIFACTS, chromium_path
-from tests.e2e.procs import ROOT, Cluster, free_ports, needs_etcdctl
+from tests.e2e.procs import ROOT, Cluster, needs_etcdctl
 
 pytestmark = [pytest.mark.browser, needs_etcdctl]
 

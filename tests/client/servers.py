@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from tests.e2e.procs import free_ports, member_flags
+from cluster.bench.ports import free_ports
+from tests.e2e.procs import member_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 ETCD = os.environ.get("ETCD_BIN") or shutil.which("etcd") or "/usr/bin/etcd"

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from cluster.bench.ports import free_ports
 from cluster.client import (
     AsyncClient,
     Client,
@@ -16,7 +17,7 @@ from cluster.client import (
     Event,
     Watch,
 )
-from tests.client.servers import Servers, free_ports
+from tests.client.servers import Servers
 
 Seen = list[tuple[str, bytes, int, bytes]]
 

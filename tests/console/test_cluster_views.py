@@ -9,9 +9,9 @@ from django.contrib.auth.models import Group, User
 from django.test import AsyncClient
 from django.test import Client as DjangoClient
 
+from cluster.bench.ports import free_ports
 from console import etcd
 from console.roles import EDITORS, VIEWERS
-from tests.e2e.procs import free_ports
 
 pytestmark = pytest.mark.django_db
 

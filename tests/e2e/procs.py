@@ -11,7 +11,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,21 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from cluster.bench.ports import free_ports
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 needs_etcdctl = pytest.mark.etcdctl
 """``pytestmark = needs_etcdctl``: skipped without etcdctl outside CI (tests/conftest.py)."""
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @dataclass
@@ -82,6 +73,17 @@ class Proc:
             assert self.popen is not None
             self.popen.kill()
             self.popen.wait(10)
+
+    @property
+    def exited(self) -> bool:
+        """Started, and no longer running."""
+        return self.popen is not None and self.popen.poll() is not None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as e:
+            return f"(no log: {e})"
 
 
 def member_flags(name: str, data_dir: Path, client: int, peer: int, initial: str) -> list[str]:
@@ -204,9 +206,24 @@ class Cluster:
         )
         return out
 
-    def leader(self, members: list[Proc], extra: tuple[str, ...] | list[str] = ()) -> Proc:
-        """The member that leads, once all of ``members`` agree (``extra``: etcdctl flags)."""
-        for _ in range(100):
+    def leader(
+        self, members: list[Proc], extra: tuple[str, ...] | list[str] = (), timeout: float = 60
+    ) -> Proc:
+        """The member that leads, once all of ``members`` agree (``extra``: etcdctl flags).
+
+        Fails at once, with its log, if one of ``members`` has exited: etcdctl would only
+        time out against it, over and over."""
+        deadline = time.monotonic() + timeout
+        problem = "no status yet"
+        while time.monotonic() < deadline:
+            if exited := [m for m in members if m.exited]:
+                raise AssertionError(
+                    "".join(
+                        f"{m.name} exited (code {m.popen and m.popen.returncode}); "
+                        f"its log ends:\n{m.log_tail()}\n"
+                        for m in exited
+                    )
+                )
             try:
                 for m, s in zip(members, self.statuses(members, extra), strict=True):
                     st = s["Status"]
@@ -215,10 +232,11 @@ class Cluster:
                         if self.led_at is None:
                             self.led_at = time.monotonic()
                         return m
-            except AssertionError:
-                pass
+                problem = "no member says it leads"
+            except AssertionError as e:
+                problem = str(e)
             time.sleep(0.1)
-        raise AssertionError("no leader")
+        raise AssertionError(f"no leader within {timeout} s; last: {problem}")
 
 
 class BackgroundEtcdctl:

@@ -23,7 +23,8 @@ import etcd3gw
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.procs import Cluster, Proc, free_ports
+from cluster.bench.ports import free_ports
+from tests.e2e.procs import Cluster, Proc
 
 
 @dataclass

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.procs import ROOT, Cluster, free_ports, member_flags, needs_etcdctl
+from cluster.bench.ports import free_ports
+from tests.e2e.procs import ROOT, Cluster, member_flags, needs_etcdctl
 
 pytestmark = needs_etcdctl
 

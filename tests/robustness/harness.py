@@ -35,7 +35,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from tests.e2e.procs import ROOT, Cluster, Proc, free_ports
+from cluster.bench.ports import free_ports
+from tests.e2e.procs import ROOT, Cluster, Proc
 
 from . import checker
 from .faults import (

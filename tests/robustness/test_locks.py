@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from tests.e2e.procs import free_ports
+from cluster.bench.ports import free_ports
 from tests.robustness.history import (
     FENCED,
     FENCED_KEY,

@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from cluster import snapshot
+from cluster.bench.ports import free_ports
 from cluster.config import parse_initial_cluster, parse_urls
 from cluster.mvcc.kv import KeyValue, encode_kv
 from cluster.mvcc.revision import Revision
@@ -37,7 +38,6 @@ from cluster.snapshot import (
 from cluster.storage.backend import Backend
 from cluster.storage.bolt import BoltWriter
 from cluster.storage.durable import MemberPaths, open_raft_log
-from tests.e2e.procs import free_ports
 from tests.unit.server.live import LiveMember, serve_member, start_member
 
 TOKEN = "restored"

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from cluster.bench.ports import free_ports
 from cluster.config import load
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from cluster.server import member as member_module
@@ -25,7 +26,6 @@ from cluster.server.grpcserver import ClientServers, client_servers
 from cluster.server.http import MemberHttp
 from cluster.server.member import Member
 from cluster.storage.backend import RETIRED_SUFFIX, release_retired
-from tests.e2e.procs import free_ports
 
 
 @dataclass

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import grpc
 
+from cluster.bench.ports import free_ports
 from cluster.config import load
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from cluster.server.grpcserver import ClientServers, client_servers
 from cluster.server.http import MemberHttp
 from cluster.server.member import Member
-from tests.e2e.procs import free_ports
 
 
 @dataclass

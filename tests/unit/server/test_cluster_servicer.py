@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from cluster.bench.ports import free_ports
 from cluster.config import compute_member_id, parse_url
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.server import kvconv
 from cluster.server.cluster import ClusterServicer
 from cluster.server.kvconv import RequestError
 from cluster.server.requests import decode_request, encode_request
-from tests.unit.server.live import LiveMember, free_ports, start_member
+from tests.unit.server.live import LiveMember, start_member
 
 
 def _url() -> str:

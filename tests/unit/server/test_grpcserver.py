@@ -15,11 +15,11 @@ import grpc
 import pygrpc_native.aio
 import pytest
 
+from cluster.bench.ports import free_ports
 from cluster.config import GRPC_SERVERS, load
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from cluster.server.grpcserver import listen_address, native_url
-from tests.e2e.procs import free_ports
 from tests.unit.server.live import LiveMember, start_member
 
 BASE = [

@@ -25,6 +25,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from cluster.bench.ports import free_ports
 from cluster.config import ConfigError, load
 from cluster.gcpauses import GCPauseBound
 from cluster.logging_setup import bind_member, configure
@@ -33,7 +34,6 @@ from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from cluster.server.http import HTTP_STATUS, Gateway, first_value, parse
 from cluster.server.metrics import GO_CODE_NAMES
 from scripts.make_certs import make_certs
-from tests.e2e.procs import free_ports
 from tests.unit.server.live_http import HttpMember, start_http_member
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from cluster.bench.ports import free_ports
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from cluster.raft import StateType
 from cluster.server.lease import IdGenerator
 from cluster.server.member import Member
-from tests.e2e.procs import free_ports
 from tests.unit.server.live import LiveMember, start_member, start_peer
 
 NOT_FOUND = "etcdserver: requested lease not found"

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from cluster.bench.ports import free_ports
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.raft import ConfState, Message, MessageType, Snapshot, SnapshotMetadata
-from tests.e2e.procs import free_ports
 from tests.unit.server.live import LiveMember, retired_db_released, start_peer, wait_leader
 from tests.unit.server.test_transport import _app, _connected, _Member
 
