@@ -1,14 +1,19 @@
 """``python -m cluster.bench compare``'s table and its ``--ours`` choice (the runs themselves
-need a real etcd: ``make bench``)."""
+need a real etcd: ``make bench``), and the order it drives a cluster's endpoints in."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+from pathlib import Path
 
+import grpc
 import pytest
 
-from cluster.bench.compare import Result, _servers, rows, table
+from cluster.bench.compare import Result, _leader_first, _servers, cluster, rows, table
 from cluster.bench.load import Report
+from cluster.proto.etcdserverpb import rpc_pb2 as pb
+from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 
 
 def _report(rate: float, p50_ms: float) -> Report:
@@ -38,3 +43,18 @@ def test_ours_takes_known_grpc_servers() -> None:
     for bad in ("", "grpcio,rust"):
         with pytest.raises(argparse.ArgumentTypeError, match="one or more of grpcio, native"):
             _servers(bad)
+
+
+def test_rows_run_with_the_leaders_endpoint_first(tmp_path: Path) -> None:
+    """The one-connection row writes to the leader, in our cluster as in etcd's."""
+    with cluster("ours", tmp_path) as endpoints:
+        ordered = asyncio.run(_leader_first(endpoints))
+
+        async def leads(ep: str) -> bool:
+            async with grpc.aio.insecure_channel(ep) as ch:
+                st = await pb_grpc.MaintenanceStub(ch).Status(pb.StatusRequest())
+                return bool(st.leader == st.header.member_id)
+
+        assert sorted(ordered) == sorted(endpoints)
+        assert [asyncio.run(leads(ep)) for ep in ordered] == [True, False, False]
+        assert ordered[1:] == [ep for ep in endpoints if ep != ordered[0]]
