@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import mmap
 import random
 import struct
 import time
@@ -88,6 +89,9 @@ _SENT_BEFORE_PERSISTED = frozenset({MessageType.APP, MessageType.HEARTBEAT})
 # the hand-off to the WAL thread and back costs more than the fsync (~0.15 ms here);
 # under load, batches are larger and the loop serves requests while the thread syncs.
 INLINE_SYNC_MAX_ENTRIES = 1
+
+# A received backend image (a memory map) gives back its pages this often as it is read.
+_DROP_EVERY = 8 * 1024 * 1024
 
 # A membership change the Raft core refused on this member (the leader), as etcd answers.
 _CONF_DROPPED: dict[str, kvconv.ErrorSpec] = {
@@ -228,6 +232,7 @@ class Member:
             describe=lambda: describe_members(self.cluster_id, self.members()),
             server_ssl=peer_server_context(cfg.peer_tls) if cfg.peer_tls else None,
             client_ssl=peer_client_context(cfg.peer_tls) if cfg.peer_tls else None,
+            snapshot_spool=self.log_store.paths.snap_dir,
         )
         peer_url = cfg.listen_peer_urls[0]
         await self.transport.listen(peer_url.host, peer_url.port)
@@ -949,10 +954,19 @@ def _length_prefixed(chunks: Generator[bytes, None, None]) -> Iterator[bytes]:
 
 
 def _split_image(image: bytes) -> Iterator[bytes]:
-    """The stream chunks of a ``_backend_image``, one at a time (never all copied at once)."""
-    view = memoryview(image)
-    at = 0
-    while at < len(view):
-        size = int.from_bytes(view[at : at + 4], "big")
-        yield bytes(view[at + 4 : at + 4 + size])
-        at += 4 + size
+    """The stream chunks of a ``_backend_image``, one at a time (never all copied at once).
+
+    From a memory map (what the transport hands on), the pages already read are dropped
+    from this process as it goes, so reading the image does not add its size to the RSS.
+    """
+    dropped = 0  # the map's pages below this are dropped
+    with memoryview(image) as view:
+        at = 0
+        while at < len(view):
+            size = int.from_bytes(view[at : at + 4], "big")
+            yield bytes(view[at + 4 : at + 4 + size])
+            at += 4 + size
+            if isinstance(image, mmap.mmap) and at - dropped >= _DROP_EVERY:
+                upto = at - at % mmap.PAGESIZE
+                image.madvise(mmap.MADV_DONTNEED, dropped, upto - dropped)
+                dropped = upto

@@ -22,8 +22,10 @@ import contextlib
 import enum
 import hashlib
 import logging
+import mmap
 import ssl
 import struct
+import tempfile
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -140,6 +142,7 @@ class PeerTransport:
         options: TransportOptions | None = None,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
+        snapshot_spool: str | None = None,
     ) -> None:
         self.member_id = member_id
         self.cluster_id = cluster_id
@@ -151,6 +154,8 @@ class PeerTransport:
         self.server_ssl = server_ssl  # TLS for peers dialing in (https peer URLs)
         self.client_ssl = client_ssl  # TLS when dialing peers
         self.options = options or TransportOptions()
+        # Where a snapshot's data is spooled as it arrives (the data dir, not a tmpfs /tmp).
+        self.snapshot_spool = snapshot_spool
         self._peers: dict[int, _Peer] = {}
         self._server: asyncio.Server | None = None
         self._connections: set[_Incoming] = set()
@@ -244,7 +249,13 @@ class _Incoming(asyncio.Protocol):
         self._owner._connection_made(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._discard_snapshot()
         self._owner._connection_lost(self)
+
+    def _discard_snapshot(self) -> None:
+        if self._snapshot is not None:
+            self._snapshot.discard()
+            self._snapshot = None
 
     def close(self) -> None:
         if self._stream is not None:
@@ -300,49 +311,58 @@ class _Incoming(asyncio.Protocol):
             owner.deliver(decode_batch(payload))
         elif kind == FrameKind.SNAP_BEGIN:
             message, _ = decode_message(payload)
-            self._snapshot = _IncomingSnapshot(message)
+            self._discard_snapshot()  # a sender that restarted its snapshot
+            self._snapshot = _IncomingSnapshot(message, owner.snapshot_spool)
         elif kind == FrameKind.SNAP_CHUNK and self._snapshot is not None:
             self._snapshot.add(payload)
         elif kind == FrameKind.SNAP_END and self._snapshot is not None:
-            owner.deliver([self._snapshot.finish(payload)])
-            self._snapshot = None
+            incoming, self._snapshot = self._snapshot, None
+            owner.deliver([incoming.finish(payload)])
         else:
             raise PeerProtocolError(f"unexpected {kind.name} frame")
         return True
 
 
 class _IncomingSnapshot:
-    """A snapshot's data as its chunks arrive, in one growing buffer.
+    """A snapshot's data as its chunks arrive, spooled to an unlinked file in ``spool_dir``.
 
-    Not a list of chunks joined at the end: that holds the data twice at once (a
-    follower receiving a 330 MB backend peaked at 1.35 GB); a large bytearray grows in
-    place (``realloc`` of an mmap'd block remaps it).
+    The data is a leader's whole backend (hundreds of MB for a large store): held in this
+    process's memory it raised a caught-up follower's peak RSS by its whole size. It is
+    handed on as a read-only memory map of the file instead (the file goes away with the
+    map, or with the process); the member drops pages from the map as it copies them out.
     """
 
-    def __init__(self, message: Message) -> None:
+    def __init__(self, message: Message, spool_dir: str | None) -> None:
         self.message = message
-        self.data = bytearray()
+        # Closed by ``finish`` or ``discard``; unlinked from the start (O_TMPFILE).
+        self.file = tempfile.TemporaryFile(dir=spool_dir, prefix="incoming-snapshot-")  # noqa: SIM115
+        self.size = 0
         self.digest = hashlib.sha256()
 
     def add(self, chunk: bytes) -> None:
-        self.data += chunk
+        self.file.write(chunk)
+        self.size += len(chunk)
         self.digest.update(chunk)
 
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
     def finish(self, trailer: bytes) -> Message:
-        if len(trailer) != _SNAP_END.size:
-            raise PeerProtocolError("malformed snapshot trailer")
-        digest, size = _SNAP_END.unpack(trailer)
-        if size != self.size or digest != self.digest.digest():
-            raise PeerProtocolError("snapshot checksum mismatch")
+        try:
+            if len(trailer) != _SNAP_END.size:
+                raise PeerProtocolError("malformed snapshot trailer")
+            digest, size = _SNAP_END.unpack(trailer)
+            if size != self.size or digest != self.digest.digest():
+                raise PeerProtocolError("snapshot checksum mismatch")
+            self.file.flush()
+            data = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ) if self.size else b""
+        finally:
+            self.file.close()  # the map keeps the file's data
         snap = self.message.snapshot
         assert snap is not None
-        # Handed on as it is: the data is only read (sliced into stream chunks) after this.
-        self.message.snapshot = Snapshot(snap.metadata, cast(bytes, self.data))
+        # Only read after this (sliced into stream chunks): a map stands in for bytes.
+        self.message.snapshot = Snapshot(snap.metadata, cast(bytes, data))
         return self.message
+
+    def discard(self) -> None:
+        self.file.close()
 
 
 class _Peer:

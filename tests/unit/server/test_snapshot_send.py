@@ -14,15 +14,19 @@ a worker thread.
 from __future__ import annotations
 
 import asyncio
+import mmap
+import re
 import threading
 from collections.abc import Awaitable, Generator, Iterable
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from cluster.bench.ports import free_ports
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.raft import ConfState, Message, MessageType, Snapshot, SnapshotMetadata
+from cluster.server.member import _DROP_EVERY, _split_image
 from tests.unit.server.live import LiveMember, retired_db_released, start_peer, wait_leader
 from tests.unit.server.test_transport import _app, _connected, _Member
 
@@ -50,7 +54,7 @@ async def test_a_snapshot_source_streams_its_blocks_and_messages_wait_behind_it(
     release.set()
     await b.wait_for(2)
     got = b.received[0].snapshot
-    assert got is not None and got.metadata == snap.metadata and got.data == b"".join(blocks)
+    assert got is not None and got.metadata == snap.metadata and got.data[:] == b"".join(blocks)
     assert b.received[1].type == MessageType.APP
     assert a.snapshot_status == [(2, True)]
     await a.transport.close()
@@ -84,7 +88,7 @@ async def test_a_long_snapshot_lets_the_loop_run_between_chunks() -> None:
     sending = False
     await task
     assert b.received[0].snapshot is not None
-    assert b.received[0].snapshot.data == b"".join(blocks)
+    assert b.received[0].snapshot.data[:] == b"".join(blocks)
     # the sender gave the loop back at least once per chunk (loopback never blocks it)
     assert ticks - before >= 400
     await a.transport.close()
@@ -175,3 +179,32 @@ async def test_the_leader_serves_clients_while_it_prepares_a_snapshot(
         for lm in members:
             if not lm.member._stopping:
                 await lm.stop()
+
+
+_MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")  # a mapping's first line in smaps
+
+
+def _mapped_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1].isdigit() or (line[:1] in "abcdef" and "-" in line.split()[0]):
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_reading_a_mapped_image_gives_its_pages_back_as_it_goes(tmp_path: Path) -> None:
+    """The follower copies a received image out of its memory map without the map's
+    pages piling up in its RSS (``_split_image``)."""
+    chunks = [bytes([i]) * (1024 * 1024) for i in range(32)]
+    image = tmp_path / "image"
+    image.write_bytes(b"".join(len(c).to_bytes(4, "big") + c for c in chunks))
+    with image.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        most = 0
+        for got, want in zip(_split_image(cast(bytes, mapped)), chunks, strict=True):
+            assert got == want
+            most = max(most, _mapped_kib(image))
+        assert most <= (_DROP_EVERY + 2 * 1024 * 1024) // 1024, most  # not the whole 32 MiB
+    # the view over the map was released: closing it (the ``with``) did not raise

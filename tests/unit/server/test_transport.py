@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import hashlib
+import mmap
+import os
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +25,7 @@ from cluster.server.peer_codec import decode_batch, decode_message, encode_batch
 from cluster.server.transport import (
     _FRAME,
     _HELLO,
+    _SNAP_END,
     MAX_FRAME,
     FrameKind,
     PeerTransport,
@@ -226,6 +232,84 @@ async def test_snapshot_travels_in_chunks_and_is_reported() -> None:
         await asyncio.sleep(0.01)
     assert a.snapshot_status == [(2, True)]
     await a.transport.close()
+    await b.transport.close()
+
+
+def _spool_files(spool: Path) -> list[str]:
+    """What this process has open or mapped from ``spool`` (its descriptors and maps)."""
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own descriptor
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    return [x for x in links + maps if str(spool) in x]
+
+
+async def test_a_received_snapshot_is_spooled_to_a_nameless_file_and_mapped(
+    tmp_path: Path,
+) -> None:
+    a, b = await _Member(1).start(), await _Member(2).start()
+    b.transport.snapshot_spool = str(tmp_path)
+    a.transport.set_peer(2, "127.0.0.1", b.port)
+    await _connected(a, b)
+    data = bytes(range(256)) * 40
+    snap = Snapshot(SnapshotMetadata(77, 5, ConfState(frozenset({1, 2}))), data)
+    a.transport.send([Message(MessageType.SNAP, to=2, frm=1, term=5, snapshot=snap)])
+    await b.wait_for(1)
+    got = b.received.pop().snapshot
+    assert got is not None and isinstance(got.data, mmap.mmap) and got.data[:] == data
+    assert os.listdir(tmp_path) == []  # never named: nothing to clean up after a crash
+    assert _spool_files(tmp_path)  # the map, in the spool directory's file system
+    del got
+    gc.collect()
+    assert _spool_files(tmp_path) == []  # the last reference gone, so is the file
+    await a.transport.close()
+    await b.transport.close()
+
+
+async def test_a_snapshot_that_fails_its_checksum_is_refused_and_its_spool_closed(
+    tmp_path: Path,
+) -> None:
+    b = await _Member(2).start()
+    b.transport.snapshot_spool = str(tmp_path)
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+    snap = Snapshot(SnapshotMetadata(77, 5, ConfState(frozenset({1, 2}))))
+    begin = Message(MessageType.SNAP, to=2, frm=1, term=5, snapshot=snap)
+    writer.write(frame(FrameKind.HELLO, _HELLO.pack(CLUSTER, 1, 2)))
+    writer.write(frame(FrameKind.SNAP_BEGIN, encode_message(begin, with_snapshot_data=False)))
+    writer.write(frame(FrameKind.SNAP_CHUNK, b"x" * 1000))
+    for _ in range(100):
+        if _spool_files(tmp_path):
+            break
+        await asyncio.sleep(0.01)
+    assert _spool_files(tmp_path)  # spooling
+    writer.write(frame(FrameKind.SNAP_END, _SNAP_END.pack(hashlib.sha256(b"y").digest(), 1000)))
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # b hung up
+    assert b.received == [] and _spool_files(tmp_path) == []
+    writer.close()
+    await b.transport.close()
+
+
+async def test_a_snapshot_cut_off_midway_leaves_no_spool(tmp_path: Path) -> None:
+    b = await _Member(2).start()
+    b.transport.snapshot_spool = str(tmp_path)
+    _, writer = await asyncio.open_connection("127.0.0.1", b.port)
+    snap = Snapshot(SnapshotMetadata(77, 5, ConfState(frozenset({1, 2}))))
+    begin = Message(MessageType.SNAP, to=2, frm=1, term=5, snapshot=snap)
+    writer.write(frame(FrameKind.HELLO, _HELLO.pack(CLUSTER, 1, 2)))
+    writer.write(frame(FrameKind.SNAP_BEGIN, encode_message(begin, with_snapshot_data=False)))
+    writer.write(frame(FrameKind.SNAP_CHUNK, b"x" * 1000))
+    for _ in range(100):
+        if _spool_files(tmp_path):
+            break
+        await asyncio.sleep(0.01)
+    assert _spool_files(tmp_path)
+    writer.close()  # the sender went away mid-snapshot
+    for _ in range(100):
+        if not _spool_files(tmp_path):
+            break
+        await asyncio.sleep(0.01)
+    assert _spool_files(tmp_path) == [] and b.received == []
     await b.transport.close()
 
 
