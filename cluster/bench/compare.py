@@ -176,14 +176,29 @@ class Result:
 
 
 async def _run_row(row: Row, endpoints: list[str]) -> Report:
-    return await run(row.workload, replace(row.opts, endpoints=await _leader_first(endpoints)))
+    """A one-connection row goes to the leader; wider rows spread their connections over the
+    members in their configured order, as etcd's benchmark does with ``--endpoints``."""
+    if row.opts.conns == 1:
+        endpoints = await _leader_first(endpoints)
+    return await run(row.workload, replace(row.opts, endpoints=endpoints))
+
+
+async def _run_rows(
+    todo: list[Row], ours_eps: dict[str, list[str]], etcd_eps: list[str]
+) -> list[Result]:
+    """Every row against each cluster, in one event loop: grpc.aio's poller can outlive a
+    loop closed under it (and print "Event loop is closed" tracebacks), so not one per row."""
+    results = []
+    for row in todo:
+        ours = {server: await _run_row(row, eps) for server, eps in ours_eps.items()}
+        results.append(Result(row, ours, await _run_row(row, etcd_eps)))
+    return results
 
 
 def compare(scale: float, as_json: bool, servers: Sequence[str] = GRPC_SERVERS) -> int:
     if not Path(ETCD).exists():
         print(f"error: no etcd at {ETCD} (apt-get install etcd-server)", file=sys.stderr)
         return 2
-    results = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name, ExitStack() as stack:
         tmp = Path(tmp_name)
         ours_eps = {}
@@ -193,10 +208,7 @@ def compare(scale: float, as_json: bool, servers: Sequence[str] = GRPC_SERVERS) 
             ours_eps[server] = stack.enter_context(cluster("ours", tmp / server, extra_flags=flags))
         (tmp / "etcd").mkdir()
         etcd_eps = stack.enter_context(cluster("etcd", tmp / "etcd"))
-        for row in rows(scale):
-            ours = {server: asyncio.run(_run_row(row, eps)) for server, eps in ours_eps.items()}
-            etcd = asyncio.run(_run_row(row, etcd_eps))
-            results.append(Result(row, ours, etcd))
+        results = asyncio.run(_run_rows(rows(scale), ours_eps, etcd_eps))
     if as_json:
         print(json.dumps([
             {

@@ -10,8 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from cluster.bench import compare
 from cluster.bench.compare import Result, _leader_first, _servers, cluster, rows, table
-from cluster.bench.load import Report
+from cluster.bench.load import Options, Report
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
 from cluster.proto.etcdserverpb import rpc_pb2_grpc as pb_grpc
 
@@ -58,3 +59,26 @@ def test_rows_run_with_the_leaders_endpoint_first(tmp_path: Path) -> None:
         assert sorted(ordered) == sorted(endpoints)
         assert [asyncio.run(leads(ep)) for ep in ordered] == [True, False, False]
         assert ordered[1:] == [ep for ep in endpoints if ep != ordered[0]]
+
+
+def test_only_the_one_connection_row_is_sent_to_the_leader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Wider rows keep the configured order: putting the leader first there would hand it
+    the extra connection in every cluster (2 of 4 watch streams), which is not what etcd's
+    benchmark does."""
+    seen: list[tuple[int, list[str]]] = []
+
+    async def fake_run(workload: str, opts: Options) -> Report:
+        seen.append((opts.conns, opts.endpoints))
+        return _report(1, 1)
+
+    async def leader_last_is_leader(endpoints: list[str]) -> list[str]:
+        return [endpoints[-1], *endpoints[:-1]]
+
+    monkeypatch.setattr(compare, "run", fake_run)
+    monkeypatch.setattr(compare, "_leader_first", leader_last_is_leader)
+    eps = ["a:1", "b:2", "c:3"]
+    asyncio.run(compare._run_rows(rows(0.01), {"grpcio": eps}, eps))
+    assert seen[0] == (1, ["c:3", "a:1", "b:2"]) and seen[1] == (1, ["c:3", "a:1", "b:2"])
+    assert all(order == eps for conns, order in seen[2:]) and {c for c, _ in seen[2:]} != {1}
