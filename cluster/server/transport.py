@@ -275,11 +275,12 @@ class _Incoming(asyncio.Protocol):
                 at = end
                 if not self._frame(frame_kind, payload):
                     return
-        except (PeerProtocolError, CodecError) as exc:
+        except (PeerProtocolError, CodecError, OSError) as exc:  # OSError: spooling a snapshot
             assert self._stream is not None
             log.warning(
                 "peer connection from %s closed: %s", self._stream.get_extra_info("peername"), exc
             )
+            self._discard_snapshot()
             self.close()
             return
         del buffer[:at]

@@ -8,6 +8,7 @@ import gc
 import hashlib
 import mmap
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -267,22 +268,35 @@ async def test_a_received_snapshot_is_spooled_to_a_nameless_file_and_mapped(
     await b.transport.close()
 
 
-async def test_a_snapshot_that_fails_its_checksum_is_refused_and_its_spool_closed(
-    tmp_path: Path,
-) -> None:
-    b = await _Member(2).start()
-    b.transport.snapshot_spool = str(tmp_path)
+async def _until(condition: Callable[[], object], timeout: float = 1.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
+async def _snapshot_under_way(
+    b: _Member, spool: Path
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw peer connection to ``b`` that has begun a snapshot and sent b 1000 bytes of it,
+    which b is spooling in ``spool``."""
+    b.transport.snapshot_spool = str(spool)
     reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
     snap = Snapshot(SnapshotMetadata(77, 5, ConfState(frozenset({1, 2}))))
     begin = Message(MessageType.SNAP, to=2, frm=1, term=5, snapshot=snap)
     writer.write(frame(FrameKind.HELLO, _HELLO.pack(CLUSTER, 1, 2)))
     writer.write(frame(FrameKind.SNAP_BEGIN, encode_message(begin, with_snapshot_data=False)))
     writer.write(frame(FrameKind.SNAP_CHUNK, b"x" * 1000))
-    for _ in range(100):
-        if _spool_files(tmp_path):
-            break
-        await asyncio.sleep(0.01)
-    assert _spool_files(tmp_path)  # spooling
+    await _until(lambda: _spool_files(spool))
+    assert _spool_files(spool)
+    return reader, writer
+
+
+async def test_a_snapshot_that_fails_its_checksum_is_refused_and_its_spool_closed(
+    tmp_path: Path,
+) -> None:
+    b = await _Member(2).start()
+    reader, writer = await _snapshot_under_way(b, tmp_path)
     writer.write(frame(FrameKind.SNAP_END, _SNAP_END.pack(hashlib.sha256(b"y").digest(), 1000)))
     assert await asyncio.wait_for(reader.read(), 5) == b""  # b hung up
     assert b.received == [] and _spool_files(tmp_path) == []
@@ -292,24 +306,26 @@ async def test_a_snapshot_that_fails_its_checksum_is_refused_and_its_spool_close
 
 async def test_a_snapshot_cut_off_midway_leaves_no_spool(tmp_path: Path) -> None:
     b = await _Member(2).start()
-    b.transport.snapshot_spool = str(tmp_path)
-    _, writer = await asyncio.open_connection("127.0.0.1", b.port)
-    snap = Snapshot(SnapshotMetadata(77, 5, ConfState(frozenset({1, 2}))))
-    begin = Message(MessageType.SNAP, to=2, frm=1, term=5, snapshot=snap)
+    _, writer = await _snapshot_under_way(b, tmp_path)
+    writer.close()  # the sender went away mid-snapshot
+    await _until(lambda: not _spool_files(tmp_path))
+    assert _spool_files(tmp_path) == [] and b.received == []
+    await b.transport.close()
+
+
+async def test_a_snapshot_that_cannot_be_spooled_closes_the_connection_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = await _Member(2).start()
+    b.transport.snapshot_spool = str(tmp_path / "gone")  # writing there fails
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+    begin = Message(MessageType.SNAP, to=2, frm=1, term=5, snapshot=Snapshot(SnapshotMetadata(7)))
     writer.write(frame(FrameKind.HELLO, _HELLO.pack(CLUSTER, 1, 2)))
     writer.write(frame(FrameKind.SNAP_BEGIN, encode_message(begin, with_snapshot_data=False)))
-    writer.write(frame(FrameKind.SNAP_CHUNK, b"x" * 1000))
-    for _ in range(100):
-        if _spool_files(tmp_path):
-            break
-        await asyncio.sleep(0.01)
-    assert _spool_files(tmp_path)
-    writer.close()  # the sender went away mid-snapshot
-    for _ in range(100):
-        if not _spool_files(tmp_path):
-            break
-        await asyncio.sleep(0.01)
-    assert _spool_files(tmp_path) == [] and b.received == []
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # b hung up
+    assert b.received == []
+    assert "closed: [Errno 2] No such file or directory" in caplog.text
+    writer.close()
     await b.transport.close()
 
 
