@@ -20,7 +20,9 @@ def test_ports_come_from_below_the_ephemeral_range_and_are_free() -> None:
 
 
 def test_a_port_in_use_is_never_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
-    base = next(p for p in ports._worker_block() if all(map(ports._is_free, range(p, p + 4))))
+    block = ports._worker_block()
+    assert block is not None
+    base = next(p for p in block if all(map(ports._is_free, range(p, p + 4))))
     monkeypatch.setattr(ports, "_cursor", None)
     monkeypatch.setattr(ports, "_worker_block", lambda: range(base, base + 4))
     monkeypatch.setattr("random.randrange", lambda n: 0)
@@ -43,7 +45,9 @@ def test_xdist_workers_get_disjoint_blocks(monkeypatch: pytest.MonkeyPatch) -> N
     seen = []
     for worker in ("gw0", "gw1", "gw2"):
         monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
-        seen.append(set(ports._worker_block()))
+        block = ports._worker_block()
+        assert block is not None
+        seen.append(set(block))
     assert all(len(b) > 1_000 for b in seen)
     assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
     low, _ = ports.ephemeral_range()
@@ -53,3 +57,17 @@ def test_xdist_workers_get_disjoint_blocks(monkeypatch: pytest.MonkeyPatch) -> N
 def test_a_range_too_small_to_split_is_refused() -> None:
     with pytest.raises(ValueError, match="no block 5 of 5000"):
         ports.block(5, 5000)
+
+
+def test_an_ephemeral_range_that_leaves_no_room_falls_back_to_the_kernels_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ports, "ephemeral_range", lambda: (1024, 65535))
+    assert ports._worker_block() is None
+    chosen = ports.free_ports(3)
+    assert len(set(chosen)) == 3 and all(0 < p < 65536 for p in chosen)
+
+
+def test_the_roomier_side_of_the_ephemeral_range_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ports, "ephemeral_range", lambda: (10_500, 40_000))
+    assert ports.block(0, 1) == range(40_001, 65_536)
