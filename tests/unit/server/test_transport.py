@@ -268,7 +268,7 @@ async def test_a_received_snapshot_is_spooled_to_a_nameless_file_and_mapped(
     await b.transport.close()
 
 
-async def _until(condition: Callable[[], object], timeout: float = 1.0) -> None:
+async def _until(condition: Callable[[], object], timeout: float = 5.0) -> None:
     for _ in range(int(timeout / 0.01)):
         if condition():
             return
