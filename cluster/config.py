@@ -166,8 +166,9 @@ def validate_retention(mode: str, retention: str) -> None:
 
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "dpanic", "panic", "fatal")
-GRPC_SERVERS = ("grpcio", "native")  # --experimental-grpc-server: cluster.server.grpcserver
 """etcd's --log-level values (zap's); "warning" and upper case are accepted too."""
+
+GRPC_SERVERS = ("grpcio", "native")  # --experimental-grpc-server: cluster.server.grpcserver
 
 
 @dataclass(frozen=True)
