@@ -158,8 +158,8 @@ async def _leader_first(endpoints: list[str]) -> list[str]:
             st = await pb_grpc.MaintenanceStub(ch).Status(pb.StatusRequest(), timeout=5)
             return bool(st.leader) and st.leader == st.header.member_id
 
-    flags = [await leads(ep) for ep in endpoints]
-    return sorted(endpoints, key=lambda ep: not flags[endpoints.index(ep)])
+    leading = {ep: await leads(ep) for ep in endpoints}
+    return sorted(endpoints, key=lambda ep: not leading[ep])  # stable: the rest keep order
 
 
 def _ratio(ours: Report, etcd: Report, latency: bool) -> float:
