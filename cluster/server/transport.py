@@ -280,8 +280,7 @@ class _Incoming(asyncio.Protocol):
             log.warning(
                 "peer connection from %s closed: %s", self._stream.get_extra_info("peername"), exc
             )
-            self._discard_snapshot()
-            self.close()
+            self.close()  # connection_lost then discards a snapshot being spooled
             return
         del buffer[:at]
 
