@@ -46,7 +46,7 @@ certs: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m cluster.bench raft
 	$(PY) -m cluster.bench wal
-	$(PY) -m cluster.bench compare
+	$(PY) -m cluster.bench compare --rounds 3
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

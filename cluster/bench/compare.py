@@ -8,6 +8,10 @@ directory, the same ``--snapshot-count`` and etcd's default fsync behaviour; all
 stopped (by PID) at the end. Each row runs against each of ours, then etcd, and the table
 shows the ratio ours/etcd (requests per second; for latency rows, etcd's p50 over ours, so
 above 1 is better for us in both).
+
+A shared machine's speed drifts from minute to minute, so one run's ratio can be off by a
+fifth. ``--rounds N`` runs every row N times, etcd first in every other round, and shows
+each figure's median over the rounds and the range of the row's ratio.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -184,18 +189,27 @@ async def _run_row(row: Row, endpoints: list[str]) -> Report:
 
 
 async def _run_rows(
-    todo: list[Row], ours_eps: dict[str, list[str]], etcd_eps: list[str]
-) -> list[Result]:
-    """Every row against each cluster, in one event loop: grpc.aio's poller can outlive a
-    loop closed under it (and print "Event loop is closed" tracebacks), so not one per row."""
-    results = []
-    for row in todo:
-        ours = {server: await _run_row(row, eps) for server, eps in ours_eps.items()}
-        results.append(Result(row, ours, await _run_row(row, etcd_eps)))
+    todo: list[Row], ours_eps: dict[str, list[str]], etcd_eps: list[str], rounds: int = 1
+) -> list[list[Result]]:
+    """Per row, its result from each round; every round runs every row against each cluster,
+    etcd first in every other round (neither side always runs on a warmer or cooler machine).
+
+    All in one event loop: grpc.aio's poller can outlive a loop closed under it (and print
+    "Event loop is closed" tracebacks), so not one per row."""
+    results: list[list[Result]] = [[] for _ in todo]
+    for round_ in range(rounds):
+        for row, per_round in zip(todo, results, strict=True):
+            etcd = await _run_row(row, etcd_eps) if round_ % 2 else None
+            ours = {server: await _run_row(row, eps) for server, eps in ours_eps.items()}
+            if etcd is None:
+                etcd = await _run_row(row, etcd_eps)
+            per_round.append(Result(row, ours, etcd))
     return results
 
 
-def compare(scale: float, as_json: bool, servers: Sequence[str] = GRPC_SERVERS) -> int:
+def compare(
+    scale: float, as_json: bool, servers: Sequence[str] = GRPC_SERVERS, rounds: int = 1
+) -> int:
     if not Path(ETCD).exists():
         print(f"error: no etcd at {ETCD} (apt-get install etcd-server)", file=sys.stderr)
         return 2
@@ -208,39 +222,62 @@ def compare(scale: float, as_json: bool, servers: Sequence[str] = GRPC_SERVERS) 
             ours_eps[server] = stack.enter_context(cluster("ours", tmp / server, extra_flags=flags))
         (tmp / "etcd").mkdir()
         etcd_eps = stack.enter_context(cluster("etcd", tmp / "etcd"))
-        results = asyncio.run(_run_rows(rows(scale), ours_eps, etcd_eps))
+        results = asyncio.run(_run_rows(rows(scale), ours_eps, etcd_eps, rounds))
     if as_json:
         print(json.dumps([
             {
-                "row": r.row.name,
-                "ours": {server: o.summary() for server, o in r.ours.items()},
-                "etcd": r.etcd.summary(),
+                "row": per_round[0].row.name,
+                "rounds": [
+                    {
+                        "ours": {server: o.summary() for server, o in r.ours.items()},
+                        "etcd": r.etcd.summary(),
+                    }
+                    for r in per_round
+                ],
             }
-            for r in results
+            for per_round in results
         ]))  # fmt: skip
         return 0
     print(table(results))
     return 0
 
 
-def table(results: Sequence[Result]) -> str:
-    """One line per row and gRPC server of ours, beside etcd's figures for the row."""
+def table(results: Sequence[Sequence[Result]]) -> str:
+    """One line per row and gRPC server of ours, beside etcd's figures for the row: each
+    figure the median over the row's rounds, and the range of the ratio when there are
+    several."""
     lines = [
         f"{'workload':42} {'ours (gRPC server)':>19} {'etcd req/s':>11} {'ratio':>6} "
-        f"{'ours p50':>9} {'etcd p50':>9} {'ours p99':>9} {'etcd p99':>9}"
+        f"{'range':>10} {'ours p50':>9} {'etcd p50':>9} {'ours p99':>9} {'etcd p99':>9}"
     ]
-    for r in results:
-        latency = r.row.workload.startswith("watch")
-        e = r.etcd
-        for server, o in r.ours.items():
+    for per_round in results:
+        row = per_round[0].row
+        latency = row.workload.startswith("watch")
+        etcd = [r.etcd for r in per_round]
+        for server in per_round[0].ours:
+            ours = [r.ours[server] for r in per_round]
+            ratios = [_ratio(o, e, latency) for o, e in zip(ours, etcd, strict=True)]
+            spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if len(ratios) > 1 else ""
             lines.append(
-                f"{r.row.name:42} {o.rate:10.0f} {server:>8} {e.rate:11.0f} "
-                f"{_ratio(o, e, latency):6.2f} "
-                f"{o.percentile(50) * 1000:8.2f}m {e.percentile(50) * 1000:8.2f}m "
-                f"{o.percentile(99) * 1000:8.2f}m {e.percentile(99) * 1000:8.2f}m"
+                f"{row.name:42} {_median(o.rate for o in ours):10.0f} {server:>8} "
+                f"{_median(e.rate for e in etcd):11.0f} {_median(ratios):6.2f} {spread:>10} "
+                f"{_median_ms(ours, 50):8.2f}m {_median_ms(etcd, 50):8.2f}m "
+                f"{_median_ms(ours, 99):8.2f}m {_median_ms(etcd, 99):8.2f}m"
             )
-    lines.append("(ratio: ours/etcd requests per second; watch: etcd p50 / ours p50; m = ms)")
+    legend = "ratio: ours/etcd requests per second; watch: etcd p50 / ours p50; m = ms"
+    rounds = len(results[0]) if results else 0
+    if rounds > 1:
+        legend += f"; medians of {rounds} rounds, range: the ratio's lowest-highest"
+    lines.append(f"({legend})")
     return "\n".join(lines)
+
+
+def _median(values: Iterable[float]) -> float:
+    return statistics.median(values)
+
+
+def _median_ms(reports: Sequence[Report], p: float) -> float:
+    return _median(r.percentile(p) for r in reports) * 1000
 
 
 def _servers(text: str) -> list[str]:
@@ -263,4 +300,21 @@ def add_parser(workloads: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=list(GRPC_SERVERS),
         help="our members' gRPC servers to run, comma-separated (default: grpcio,native)",
     )
-    p.set_defaults(run=lambda a: compare(a.scale, a.json, a.ours))
+    p.add_argument(
+        "--rounds",
+        type=_positive,
+        default=1,
+        help="run every row this many times, etcd first in every other round; "
+        "the table shows medians (default: 1)",
+    )
+    p.set_defaults(run=lambda a: compare(a.scale, a.json, a.ours, a.rounds))
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
+    return value

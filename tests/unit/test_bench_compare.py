@@ -25,10 +25,14 @@ def test_one_line_per_row_and_grpc_server_with_ratios_against_etcd() -> None:
     put, watch = rows(1.0)[1], rows(1.0)[4]
     lines = table(
         [
-            Result(
-                put, {"grpcio": _report(2000, 25), "native": _report(5000, 12)}, _report(4000, 10)
-            ),
-            Result(watch, {"grpcio": _report(1000, 8)}, _report(1000, 2)),
+            [
+                Result(
+                    put,
+                    {"grpcio": _report(2000, 25), "native": _report(5000, 12)},
+                    _report(4000, 10),
+                )
+            ],
+            [Result(watch, {"grpcio": _report(1000, 8)}, _report(1000, 2))],
         ]
     ).splitlines()
     assert len(lines) == 5  # header, 2 + 1 rows, legend
@@ -36,6 +40,47 @@ def test_one_line_per_row_and_grpc_server_with_ratios_against_etcd() -> None:
     assert grpcio.startswith(put.name) and " grpcio " in grpcio and " 0.50 " in grpcio
     assert " native " in native and " 1.25 " in native  # requests/s: ours over etcd
     assert " 0.25 " in watched  # latency rows: etcd's p50 over ours
+    assert "-" not in grpcio[len(put.name) :] and "rounds" not in lines[-1]  # one round: no range
+
+
+def test_several_rounds_show_medians_and_the_ratios_range() -> None:
+    put = rows(1.0)[1]
+    rounds = [
+        Result(put, {"native": _report(ours, p50)}, _report(etcd, 10))
+        for ours, etcd, p50 in ((3000, 4000, 20), (4500, 5000, 12), (2000, 4000, 30))
+    ]
+    _, line, legend = table([rounds]).splitlines()
+    fields = line[len(put.name) :].split()
+    # ours 3000 (median of 3000, 4500, 2000), etcd 4000; ratios 0.75, 0.90, 0.50
+    assert fields[:5] == ["3000", "native", "4000", "0.75", "0.50-0.90"]
+    assert fields[5] == "20.00m"  # ours p50: the median round's
+    assert "medians of 3 rounds" in legend
+
+
+def test_rounds_alternate_which_cluster_goes_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    order: list[str] = []
+
+    async def fake_run(workload: str, opts: Options) -> Report:
+        order.append(opts.endpoints[0])
+        return _report(1, 1)
+
+    monkeypatch.setattr(compare, "run", fake_run)
+    todo = rows(0.01)[1:3]  # wider rows: no leader lookup
+    results = asyncio.run(compare._run_rows(todo, {"grpcio": ["ours:1"]}, ["etcd:1"], 3))
+    assert [len(per_round) for per_round in results] == [3, 3]
+    first, second, third = order[0:4], order[4:8], order[8:12]
+    assert first == ["ours:1", "etcd:1", "ours:1", "etcd:1"]
+    assert second == ["etcd:1", "ours:1", "etcd:1", "ours:1"]
+    assert third == first
+
+
+def test_rounds_must_be_a_positive_whole_number() -> None:
+    parser = argparse.ArgumentParser()
+    compare.add_parser(parser.add_subparsers())
+    assert parser.parse_args(["compare", "--rounds", "3"]).rounds == 3
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["compare", "--rounds", bad])
 
 
 def test_ours_takes_known_grpc_servers() -> None:
