@@ -38,9 +38,13 @@ class LiveMember:
     kv: pb_grpc.KVStub
 
     async def wait_leader(self, timeout: float = 5.0) -> None:
+        """Until this member leads and has published itself: a member's first write, which
+        retries an election timeout later when it was proposed before there was a leader,
+        and could otherwise land in the middle of a test that counts log entries."""
         async with asyncio.timeout(timeout):
             while self.member.leader != self.member.id:
                 await asyncio.sleep(0.01)
+            await self.member.published.wait()
 
     async def stop(self) -> None:
         await self.channel.close()
