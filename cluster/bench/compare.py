@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -259,8 +259,9 @@ def table(results: Sequence[Sequence[Result]]) -> str:
             ratios = [_ratio(o, e, latency) for o, e in zip(ours, etcd, strict=True)]
             spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if len(ratios) > 1 else ""
             lines.append(
-                f"{row.name:42} {_median(o.rate for o in ours):10.0f} {server:>8} "
-                f"{_median(e.rate for e in etcd):11.0f} {_median(ratios):6.2f} {spread:>10} "
+                f"{row.name:42} {statistics.median(o.rate for o in ours):10.0f} {server:>8} "
+                f"{statistics.median(e.rate for e in etcd):11.0f} "
+                f"{statistics.median(ratios):6.2f} {spread:>10} "
                 f"{_median_ms(ours, 50):8.2f}m {_median_ms(etcd, 50):8.2f}m "
                 f"{_median_ms(ours, 99):8.2f}m {_median_ms(etcd, 99):8.2f}m"
             )
@@ -272,12 +273,8 @@ def table(results: Sequence[Sequence[Result]]) -> str:
     return "\n".join(lines)
 
 
-def _median(values: Iterable[float]) -> float:
-    return statistics.median(values)
-
-
 def _median_ms(reports: Sequence[Report], p: float) -> float:
-    return _median(r.percentile(p) for r in reports) * 1000
+    return statistics.median(r.percentile(p) for r in reports) * 1000
 
 
 def _servers(text: str) -> list[str]:
