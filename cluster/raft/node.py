@@ -143,6 +143,9 @@ class RaftNode:
         self.pending_read_index: list[Message] = []
         self.lead_transferee = NONE
         self.pending_conf_index = 0
+        # The last entry this leader appended from another member's proposal; on becoming
+        # leader, its whole log (it cannot tell who proposed the earlier entries).
+        self.forwarded_index = 0
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = self.election_timeout
@@ -274,6 +277,7 @@ class RaftNode:
         soft, hard = self._prev_soft, self._prev_hard
         vote_changed = self.term != hard.term or self.vote != hard.vote
         entries = log.unstable_entries()
+        committed = log.next_committed_entries()
         rd = Ready(
             soft_state=(
                 self.soft_state() if self.lead != soft.lead or self.state != soft.state else None
@@ -284,9 +288,14 @@ class RaftNode:
             read_states=self.read_states,
             entries=entries,
             snapshot=log.unstable.snapshot,
-            committed_entries=log.next_committed_entries(),
+            committed_entries=committed,
             messages=self.msgs,
             must_sync=bool(entries) or vote_changed,
+            forwarded_committed=(
+                self.state == StateType.LEADER
+                and bool(committed)
+                and self.forwarded_index >= committed[0].index
+            ),
         )
         self.msgs = []
         self.read_states = []
@@ -378,6 +387,7 @@ class RaftNode:
         own.become_replicate()
         own.match = self.log.persisted_index()
         own.recent_active = True
+        self.forwarded_index = self.log.last_index()
         # The no-op entry commits the previous terms' entries (and ReadIndex needs it).
         self._append_entries([Entry(0, 0)])
         # No membership change until an entry of this term is applied: it rules
@@ -616,6 +626,8 @@ class RaftNode:
             return  # a forwarded proposal: the proposer times out and retries
         first = self.log.last_index() + 1
         self._append_entries(m.entries)
+        if not local:
+            self.forwarded_index = self.log.last_index()
         if conf_offset >= 0:
             self.pending_conf_index = first + conf_offset
         self._bcast_append()

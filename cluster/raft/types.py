@@ -179,7 +179,9 @@ class Ready:
     Order of handling: persist ``snapshot``, ``entries`` and ``hard_state``
     (one fsync), then send ``messages``, then apply ``committed_entries`` and
     serve ``read_states``, then call ``advance(ready)``. A leader may send its
-    messages before persisting (it counts itself only after ``advance``).
+    messages before persisting (it counts itself only after ``advance``), and may
+    hold back mere commit notices until it has answered its own clients when no
+    entry in them is ``forwarded_committed``.
     """
 
     soft_state: SoftState | None = None
@@ -190,3 +192,6 @@ class Ready:
     committed_entries: list[Entry] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     must_sync: bool = False
+    # Leader only: some of ``committed_entries`` may have been proposed through another
+    # member, whose client waits for that member to apply them (so for the commit notice).
+    forwarded_committed: bool = False
