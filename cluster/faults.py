@@ -174,6 +174,9 @@ class PowerLossFileSystem(OsFileSystem):
         self._open.add(f)
         return f
 
+    def open_log(self, path: str) -> AppendFile:
+        return self.open_append(path)  # no space reserved: unsynced writes stay in memory
+
     def _forget(self, f: PowerLossFile) -> None:
         self._open.discard(f)
 

@@ -11,9 +11,11 @@ from elsewhere, a reordered or missing segment, or a flipped bit is detected.
 As in etcd, a WAL opened on existing files is in read mode until ``read_all``
 has read and verified every record after the snapshot it starts from; only then
 may it append. ``save`` writes a whole Ready batch with one write and one
-fdatasync. A torn last record (a crash mid-write) at the end of the last
-segment is truncated away and logged; anything else that does not verify
-raises ``WALCorruptError`` naming the file and byte offset.
+fdatasync, into disk space the segment reserves ahead (``FileSystem.open_log``),
+so the last segment may end in zeros after a crash. A torn last record (a crash
+mid-write) and such zeros at the end of the last segment are truncated away and
+logged; anything else that does not verify raises ``WALCorruptError`` naming the
+file and byte offset. Every earlier segment was cut to its last record.
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ class WAL:
         fs.rename(tmp_dir, directory)
         fs.sync_dir(os.path.dirname(os.path.abspath(directory)))
         wal.dir = directory
-        wal._file = fs.open_append(os.path.join(directory, wal._segments[-1][2]))
+        wal._file = fs.open_log(os.path.join(directory, wal._segments[-1][2]))
         return wal
 
     @classmethod
@@ -206,9 +208,10 @@ class WAL:
             name = self._segments[i][2]
             path = os.path.join(self.dir, name)
             last = i == len(self._segments) - 1
-            end = reader.read_segment(path, self.fs.read_bytes(path), last)
+            data = self.fs.read_bytes(path)
+            end = reader.read_segment(path, data, last)
             if last and end is not None:
-                self._truncate_torn(path, end)
+                self._truncate_torn(path, end, unwritten=_zeros_from(data, end))
         if not reader.found_snapshot:
             raise WALError(
                 f"wal: snapshot marker (index {start.index}, term {start.term}) not found "
@@ -221,11 +224,16 @@ class WAL:
         self.last_index = reader.entries[-1].index if reader.entries else start.index
         self._crc = reader.crc
         self._reading = False
-        self._file = self.fs.open_append(os.path.join(self.dir, self._segments[-1][2]))
+        self._file = self.fs.open_log(os.path.join(self.dir, self._segments[-1][2]))
         return WalContents(reader.metadata, reader.hard_state, reader.entries)
 
-    def _truncate_torn(self, path: str, offset: int) -> None:
-        log.warning("wal: %s: torn record at offset %d truncated (crash mid-write)", path, offset)
+    def _truncate_torn(self, path: str, offset: int, unwritten: bool) -> None:
+        if unwritten:  # nothing but zeros: space reserved ahead and never written
+            log.info("wal: %s: unwritten tail from offset %d cut", path, offset)
+        else:
+            log.warning(
+                "wal: %s: torn record at offset %d truncated (crash mid-write)", path, offset
+            )
         f = self.fs.open_append(path)
         try:
             f.truncate(offset)
@@ -320,8 +328,11 @@ class WAL:
         """Close the full segment and start the next one.
 
         The old segment is synced first: the new one chains from its last CRC,
-        so it must not outlive unsynced records at a power cut.
+        so it must not outlive unsynced records at a power cut. Its reserved tail is cut
+        first (in the same sync): only the last segment may end in zeros.
         """
+        if self._file is not None:
+            self._file.truncate(self._file.size())
         self.sync()
         seq = self._segments[-1][0] + 1
         self._open_segment(seq, self.last_index + 1, first=False)
@@ -354,7 +365,7 @@ class WAL:
         self.fs.sync_dir(self.dir)
         if self._file is not None:
             self._file.close()
-        self._file = self.fs.open_append(path)
+        self._file = self.fs.open_log(path)
         self._crc = crc
         self._segments.append((seq, 0 if first else index, name))
 
@@ -420,6 +431,13 @@ class _Replay:
                 raise WALCorruptError(path, offset, "truncated record header")
             length, inverted, kind, crc = _HEADER.unpack_from(data, offset)
             if length ^ 0xFFFFFFFF != inverted:
+                header_end = offset + _HEADER.size
+                if (
+                    last
+                    and _has_zeroed_sector(data, offset, header_end)
+                    and _zeros_from(data, header_end)
+                ):
+                    return offset  # a header half written, and nothing after it
                 raise WALCorruptError(path, offset, "damaged record length")
             end = offset + _HEADER.size + length
             if end > size:
@@ -445,8 +463,7 @@ class _Replay:
             return True
         if any(data[offset : offset + _HEADER.size]):
             return False  # a real header starts here: no need to scan the rest
-        rest = data[offset:]
-        return rest.count(0) == len(rest)
+        return _zeros_from(data, offset)
 
     def _check_crc(
         self,
@@ -480,7 +497,7 @@ class _Replay:
         checked = _CHECKED.pack(length, length ^ 0xFFFFFFFF, kind)
         computed = crc32c.crc32c(payload, crc32c.crc32c(checked, self.crc))
         if computed != crc:
-            if last and end == len(data) and _has_zeroed_sector(data, offset, end):
+            if last and _zeros_from(data, end) and _has_zeroed_sector(data, offset, end):
                 raise _TornRecord(offset)
             raise WALCorruptError(
                 path, offset, f"crc mismatch (stored {crc:#010x}, computed {computed:#010x})"
@@ -542,6 +559,11 @@ class _TornRecord(Exception):
     def __init__(self, offset: int) -> None:
         super().__init__(offset)
         self.offset = offset
+
+
+def _zeros_from(data: bytes, start: int) -> bool:
+    """Nothing but zeros from ``start`` to the end (space reserved ahead reads so)."""
+    return data.count(0, start) == len(data) - start
 
 
 def _has_zeroed_sector(data: bytes, start: int, end: int) -> bool:

@@ -9,6 +9,8 @@ exactly which record a damaged byte belongs to.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import random
 import shutil
@@ -20,7 +22,7 @@ import pytest
 
 from cluster.raft import Entry, EntryType, HardState
 from cluster.storage.codec import decode_entry
-from cluster.storage.fs import OsFileSystem
+from cluster.storage.fs import LOG_ALLOCATE_STEP, OsFileSystem
 from cluster.storage.wal import (
     WAL,
     WalContents,
@@ -862,3 +864,129 @@ def test_os_filesystem_is_the_default(wal_dir):
     w = WAL.create(wal_dir, META)
     assert isinstance(w.fs, OsFileSystem)
     w.close()
+
+
+# -- space reserved ahead (OsFileSystem.open_log) ------------------------------------
+
+
+def _written_end(data: bytes) -> int:
+    """Where the records of a segment end: the zeros of reserved space follow."""
+    at = 0
+    while at + HEADER.size <= len(data) and any(data[at : at + HEADER.size]):
+        length, _, _, _ = HEADER.unpack_from(data, at)
+        at += HEADER.size + length
+    return at
+
+
+def _crash_copy(live: str, crashed: str) -> None:
+    """What a crash leaves of a WAL still open in ``live``: its files as they are."""
+    shutil.copytree(live, crashed)
+
+
+def test_the_last_segment_reserves_space_and_a_clean_close_gives_it_back(wal_dir):
+    w = WAL.create(wal_dir, META)
+    w.save(HardState(1, 1, 3), ents(1, 3))
+    path = segment_paths(wal_dir)[-1]
+    data = read(path)
+    end = _written_end(data)
+    assert len(data) >= LOG_ALLOCATE_STEP and not any(data[end:])
+    w.close()
+    assert os.path.getsize(path) == end
+    assert read_contents(wal_dir).entries == ents(1, 3)
+
+
+def test_after_a_crash_the_reserved_tail_is_cut_quietly(tmp_path, caplog):
+    live, crashed = str(tmp_path / "live"), str(tmp_path / "crashed")
+    w = WAL.create(live, META)
+    w.save(HardState(1, 1, 3), ents(1, 3))
+    _crash_copy(live, crashed)
+    w.close()
+    path = segment_paths(crashed)[-1]
+    end = _written_end(read(path))
+    with caplog.at_level(logging.INFO, logger="cluster.storage.wal"):
+        w, contents = reopen(crashed, fs=OsFileSystem())
+    assert contents.entries == ents(1, 3)
+    assert f"unwritten tail from offset {end} cut" in caplog.text
+    assert "torn" not in caplog.text
+    w.save(None, [ent(4)])  # appended right after the last record
+    w.close()
+    assert read_contents(crashed).entries == ents(1, 4)
+    assert os.path.getsize(path) == _written_end(read(path))
+
+
+def test_a_torn_record_before_the_reserved_tail_is_cut(tmp_path):
+    live, crashed = str(tmp_path / "live"), str(tmp_path / "crashed")
+    w = WAL.create(live, META)
+    w.save(HardState(1, 1, 5), ents(1, 5))
+    w.save(None, [ent(6, 1, 1500)])  # one write over several sectors
+    _crash_copy(live, crashed)
+    w.close()
+    path = segment_paths(crashed)[-1]
+    data = read(path)
+    end = _written_end(data)
+    start = records(data[:end])[-1][0]
+    boundary = (end - 1) // 512 * 512
+    assert start < boundary < end < len(data)
+    # Its last sector never landed: zeros from there to the end of the reserved space.
+    write(path, data[:boundary] + bytes(len(data) - boundary))
+    assert read_contents(crashed).entries == ents(1, 5)
+    assert os.path.getsize(path) == start
+
+
+def test_a_half_written_header_before_the_reserved_tail_is_cut(tmp_path):
+    live, crashed = str(tmp_path / "live"), str(tmp_path / "crashed")
+    w = WAL.create(live, META)
+    w.save(HardState(1, 1, 2), ents(1, 2))
+    end = _written_end(read(segment_paths(live)[-1]))
+    # A filler entry so that the next record's header straddles a sector boundary,
+    # 6 bytes before it: its length and half of the inverted length land, the rest not.
+    filler = (512 - 6 - end - HEADER.size - 17) % 512
+    w.save(None, [ent(3, 1, filler)])
+    w.save(None, [ent(4)])
+    _crash_copy(live, crashed)
+    w.close()
+    path = segment_paths(crashed)[-1]
+    data = read(path)
+    start = records(data[: _written_end(data)])[-1][0]
+    assert start % 512 == 506
+    write(path, data[: start + 6] + bytes(len(data) - start - 6))
+    assert read_contents(crashed).entries == [*ents(1, 2), ent(3, 1, filler)]
+    assert os.path.getsize(path) == start
+    # The same damage with a record after it is no torn write: corruption, by offset.
+    damaged = bytearray(read(os.path.join(live, os.path.basename(path))))
+    damaged[start + 6 : start + 8] = b"\0\0"
+    write(path, bytes(damaged) + bytes(ents(5, 5)[0].data))
+    with pytest.raises(WALCorruptError, match=f"offset {start}"):
+        read_contents(crashed)
+
+
+def test_earlier_segments_end_at_their_last_record(tmp_path):
+    live, crashed = str(tmp_path / "live"), str(tmp_path / "crashed")
+    w = WAL.create(live, META, segment_size=600)
+    for i in range(1, 31, 3):
+        w.save(HardState(1, 1, i + 2), ents(i, i + 2))
+    assert len(w.segment_names()) >= 3
+    _crash_copy(live, crashed)
+    paths = segment_paths(crashed)
+    for path in paths[:-1]:
+        data = read(path)
+        assert _written_end(data) == len(data), path
+    assert len(read(paths[-1])) > _written_end(read(paths[-1]))  # still reserving
+    w.close()
+    w, contents = reopen(crashed, fs=OsFileSystem(), segment_size=600)
+    assert contents.entries == ents(1, 30)
+    w.close()
+
+
+def test_no_room_to_reserve_appends_without_reserving(wal_dir, monkeypatch):
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    w = WAL.create(wal_dir, META)
+    w.save(HardState(1, 1, 3), ents(1, 3))
+    path = segment_paths(wal_dir)[-1]
+    data = read(path)
+    assert _written_end(data) == len(data)
+    w.close()
+    assert read_contents(wal_dir).entries == ents(1, 3)
