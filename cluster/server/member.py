@@ -89,12 +89,15 @@ _SENT_BEFORE_PERSISTED = frozenset({MessageType.APP, MessageType.HEARTBEAT})
 def _notices_only(rd: Ready, early: list[Message]) -> bool:
     """Whether a leader's messages in ``rd`` only tell followers of a commit that no client
     waits for on them: those are sent after this member answers its own clients (they cost
-    the one-client put ~60 µs here; a client of a follower waits for them, so not then)."""
+    the one-client put ~60 µs here; a client of a follower waits for them, so not then).
+    Never for a membership change: applying it drops a removed member from the transport,
+    and that member must still hear of its removal (it then stops, as etcd's does)."""
     return (
         bool(rd.committed_entries)
         and not rd.entries
         and not rd.forwarded_committed
         and not any(m.entries for m in early)
+        and all(e.type != EntryType.CONF_CHANGE for e in rd.committed_entries)
     )
 
 

@@ -3,6 +3,7 @@ client of another member waits for that commit (three real members in this proce
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from cluster.bench.ports import free_ports
 from cluster.proto.etcdserverpb import rpc_pb2 as pb
-from cluster.raft import Entry, Message, MessageType
+from cluster.raft import ConfChangeType, Entry, Message, MessageType
 from tests.unit.server.live import LiveMember, start_peer, wait_leader
 
 
@@ -78,3 +79,13 @@ async def test_a_leader_tells_followers_first_when_a_follower_proposed_the_entry
     index = follower.member.applied_index
     first_notice = next(i for i, e in enumerate(events) if e[0] == "notice" and e[1] >= index)
     assert first_notice < events.index(("apply", index))
+
+
+async def test_a_removed_follower_still_hears_of_its_removal(members: list[LiveMember]) -> None:
+    # The leader drops the member from its transport when it applies the change: the commit
+    # notice must have gone out before that, or the removed member never learns and stays up.
+    leader = await wait_leader(members)
+    follower = next(lm for lm in members if lm is not leader)
+    await leader.member.change_membership(ConfChangeType.REMOVE_NODE, follower.member.id)
+    async with asyncio.timeout(5):
+        await follower.member.removed.wait()
