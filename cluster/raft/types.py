@@ -180,8 +180,8 @@ class Ready:
     (one fsync), then send ``messages``, then apply ``committed_entries`` and
     serve ``read_states``, then call ``advance(ready)``. A leader may send its
     messages before persisting (it counts itself only after ``advance``), and may
-    hold back mere commit notices until it has answered its own clients when no
-    entry in them is ``forwarded_committed``.
+    hold back mere commit notices until it has answered its own clients when
+    ``forwarded_committed`` is false.
     """
 
     soft_state: SoftState | None = None

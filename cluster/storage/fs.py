@@ -70,20 +70,14 @@ class OsAppendFile:
     def __init__(self, path: str, allocate_step: int = 0) -> None:
         self.path = path
         self._step = allocate_step
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (0 if allocate_step else os.O_APPEND)
-        self._fd = os.open(path, flags, 0o600)
+        # Written at ``_size`` (its one writer keeps it), not O_APPEND: with space reserved,
+        # the file's length is past the end of the writes.
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._size = os.fstat(self._fd).st_size
         self._allocated = self._size
 
     def write(self, data: bytes) -> None:
-        if not self._step:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                self._size += written
-                view = view[written:]
-            return
-        if self._size + len(data) > self._allocated:
+        if self._step and self._size + len(data) > self._allocated:
             self._reserve(self._size + len(data))
         view = memoryview(data)
         while view:
