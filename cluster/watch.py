@@ -26,8 +26,11 @@ Every watcher is in one of two groups, as in etcd:
 What each watcher receives: every event of its key range from its start
 revision on, in revision order, exactly once, all of a revision's events in
 one response (unless it asked for ``fragment`` and they are bigger than the
-response limit). A response's ``revision`` (its header revision) means the
-watcher has been sent every event up to it, except in a ``created``
+response limit). Events for a watcher whose last response is still queued join it,
+within the response limit, so a stream drained slower than events come sends several
+whole revisions per response, as etcd does for a watcher that fell behind, rather than
+falling further behind one message per revision. A response's ``revision`` (its header
+revision) means the watcher has been sent every event up to it, except in a ``created``
 response, which carries the revision at creation as etcd does.
 
 A pure library: no threads, clocks or I/O; call it from the one thread that
@@ -527,6 +530,15 @@ class WatchHub:
             self.on_unsynced()
 
 
+@dataclass(slots=True)
+class _Queued:
+    """A response in a stream's output, with its event count and encoded event bytes."""
+
+    resp: WatchResponse
+    events: int
+    size: int
+
+
 class _Events:
     """The events of a list of changes (and their sizes), each built and looked up once."""
 
@@ -577,7 +589,9 @@ class WatchStream:
         self._wake = wake
         self._watchers: dict[int, _Watcher] = {}
         self._next_id = 0
-        self._out: deque[tuple[WatchResponse, int, int]] = deque()  # response, events, bytes
+        self._out: deque[_Queued] = deque()
+        # Queued responses that later events of the same watcher may join (by watch id).
+        self._open: dict[int, _Queued] = {}
         self._pending_events = 0
         self._pending_bytes = 0
         self._behind = 0  # watchers in the unsynced group
@@ -671,6 +685,7 @@ class WatchStream:
             self._hub._remove(w)
         self._watchers.clear()
         self._out.clear()
+        self._open.clear()
         self._pending_events = self._pending_bytes = 0
 
     # -- output -----------------------------------------------------------------------------
@@ -680,13 +695,16 @@ class WatchStream:
         ``wake`` fires only when the queue goes from empty to not empty, so
         keep taking until it is empty.
         """
-        out = self._out
+        out, open_ = self._out, self._open
         n = len(out) if max_responses <= 0 else min(max_responses, len(out))
         got: list[WatchResponse] = []
         for _ in range(n):
-            resp, events, size = out.popleft()
-            self._pending_events -= events
-            self._pending_bytes -= size
+            queued = out.popleft()
+            resp = queued.resp
+            if open_.get(resp.watch_id) is queued:
+                del open_[resp.watch_id]
+            self._pending_events -= queued.events
+            self._pending_bytes -= queued.size
             got.append(resp)
         if got and self._behind and self._has_room():
             self._hub._poke()
@@ -734,15 +752,48 @@ class WatchStream:
             and self._pending_bytes < hub.max_pending_bytes
         )
 
-    def _push(self, resp: WatchResponse, events: int, size: int) -> None:
+    def _push(self, resp: WatchResponse, events: int, size: int, *, open_: bool = False) -> None:
+        """Queue ``resp``; ``open_``: later events of its watcher may join it (``_join``).
+
+        Anything else queued for a watcher closes its open response, and a stream-wide
+        response closes them all, so no event ever moves past a response queued after it.
+        """
         if self._closed:
             return
         was_empty = not self._out
-        self._out.append((resp, events, size))
+        queued = _Queued(resp, events, size)
+        self._out.append(queued)
+        if open_:
+            self._open[resp.watch_id] = queued
+        elif resp.watch_id == INVALID_WATCH_ID:
+            self._open.clear()
+        else:
+            self._open.pop(resp.watch_id, None)
         self._pending_events += events
         self._pending_bytes += size
         if was_empty and self._wake is not None:
             self._wake()
+
+    def _join(self, w: _Watcher, evs: list[Event], size: int, revision: int) -> bool:
+        """Add ``evs`` (``size`` bytes, through ``revision``) to ``w``'s response still
+        queued, if it has one open and they fit; whether they were added.
+
+        A watcher whose stream is not drained as fast as events come then gets several
+        revisions in one response, as etcd sends a watcher that fell behind: the events
+        are the same, in the same order, and a slow stream costs a message per watcher
+        per drain instead of one per watcher per revision.
+        """
+        queued = self._open.get(w.id)
+        limit = self._hub.max_response_bytes
+        if queued is None or _RESPONSE_OVERHEAD + queued.size + size >= limit:
+            return False
+        queued.resp.events.extend(evs)
+        queued.resp.revision = revision
+        queued.events += len(evs)
+        queued.size += size
+        self._pending_events += len(evs)
+        self._pending_bytes += size
+        return True
 
     def _send_events(self, w: _Watcher, sized: list[tuple[Event, int]], revision: int) -> None:
         """Queue (event, size)s, in revision order, for ``w``: sent everything to ``revision``.
@@ -757,7 +808,9 @@ class WatchStream:
         sizes = [n for _, n in sized]
         total = _RESPONSE_OVERHEAD + sum(sizes)
         if total < limit:
-            self._push(WatchResponse(w.id, revision, evs), len(evs), total - _RESPONSE_OVERHEAD)
+            size = total - _RESPONSE_OVERHEAD
+            if not self._join(w, evs, size, revision):
+                self._push(WatchResponse(w.id, revision, evs), len(evs), size, open_=True)
             return
         # cut into whole revisions that fit (one alone may not)
         parts: list[tuple[int, int]] = []  # [start, stop) into evs

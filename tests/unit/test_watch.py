@@ -130,13 +130,20 @@ def test_put_and_delete_events(hub: WatchHub) -> None:
     wid = s.watch(b"foo")
     assert s.take() == [WatchResponse(wid, 1, created=True)]
     put(hub, b"foo", b"v1")  # 2
+    assert s.take() == [WatchResponse(wid, 2, [Event(PUT, KeyValue(b"foo", 2, 2, 1, b"v1"))])]
     put(hub, b"bar")  # 3: not watched
     put(hub, b"foo", b"v2")  # 4
     delete(hub, b"foo")  # 5
+    # not drained between the two: the second joins the first's response, still queued
     assert s.take() == [
-        WatchResponse(wid, 2, [Event(PUT, KeyValue(b"foo", 2, 2, 1, b"v1"))]),
-        WatchResponse(wid, 4, [Event(PUT, KeyValue(b"foo", 2, 4, 2, b"v2"))]),
-        WatchResponse(wid, 5, [Event(DELETE, KeyValue(b"foo", mod_revision=5))]),
+        WatchResponse(
+            wid,
+            5,
+            [
+                Event(PUT, KeyValue(b"foo", 2, 4, 2, b"v2")),
+                Event(DELETE, KeyValue(b"foo", mod_revision=5)),
+            ],
+        ),
     ]
 
 
@@ -212,12 +219,12 @@ def test_cancel(hub: WatchHub) -> None:
     assert s.cancel(a)
     put(hub, b"k")  # 3
     got = s.take()
-    # events queued before the cancel still come, before its answer
+    # events queued before the cancel still come, before its answer; b's later event
+    # joins its response still queued (the cancel is a's, so nothing of b's is passed)
     assert [(r.watch_id, r.revision, r.canceled, len(r.events)) for r in got[2:]] == [
         (a, 2, False, 1),
-        (b, 2, False, 1),
+        (b, 3, False, 2),
         (a, 2, True, 0),
-        (b, 3, False, 1),
     ]
     assert not s.cancel(a)
     assert not s.cancel(99)
@@ -305,7 +312,8 @@ def test_past_start_replays_then_goes_live(hub: WatchHub) -> None:
     put(hub, b"k")  # 9, live
     got = s.take()
     assert events(got) == [(PUT, b"k", r) for r in (3, 4, 5, 6, 7, 9)]
-    assert [r.revision for r in got] == [8, 9]  # sent everything to 8, then 9
+    # the catch-up's response (everything to 8) was still queued: 9 joined it
+    assert [r.revision for r in got] == [9]
 
 
 def test_future_start_waits(hub: WatchHub) -> None:
@@ -468,6 +476,66 @@ def test_wake_fires_when_output_appears(hub: WatchHub) -> None:
     put(hub, b"k")
     assert len(wakes) == 2
     assert s.take(max_responses=1) and s.pending == 0
+
+
+def test_queued_responses_take_their_watchers_later_events(hub: WatchHub) -> None:
+    s = hub.new_stream()
+    a, b = s.watch(b"k"), s.watch(b"j")
+    s.take()
+    put(hub, b"k")  # 2
+    put(hub, b"j")  # 3
+    put(hub, b"k")  # 4
+    txn(hub, PutRequest(b"k", b"x"), PutRequest(b"j", b"x"))  # 5
+    assert s.pending == 2 and s.pending_events == 5
+    got = s.take()
+    # one response per watcher, whole revisions in order, each header its last revision
+    assert [(r.watch_id, r.revision) for r in got] == [(a, 5), (b, 5)]
+    assert events(got, a) == [(PUT, b"k", 2), (PUT, b"k", 4), (PUT, b"k", 5)]
+    assert events(got, b) == [(PUT, b"j", 3), (PUT, b"j", 5)]
+    assert s.pending_events == 0 and s.pending_bytes == 0
+    put(hub, b"k")  # 6: what was taken is not joined
+    assert [(r.watch_id, r.revision, len(r.events)) for r in s.take()] == [(a, 6, 1)]
+
+
+def test_no_event_joins_a_response_queued_before_a_later_one(kv: KVStore) -> None:
+    hub = WatchHub(kv)
+    s = hub.new_stream()
+    a = s.watch(b"k", progress_notify=True)
+    s.take()
+    put(hub, b"k")  # 2
+    s.request_progress()  # the whole stream's: closes every open response
+    put(hub, b"k")  # 3
+    hub.progress_tick()  # a was sent an event since the last tick: none
+    hub.progress_tick()  # a's own progress: closes a's open response
+    put(hub, b"k")  # 4
+    b = s.watch(b"j")
+    put(hub, b"k")  # 5: a's created response above is b's, so this joins a's
+    got = s.take()
+    assert [(r.watch_id, r.revision, len(r.events), r.created) for r in got] == [
+        (a, 2, 1, False),
+        (INVALID_WATCH_ID, 2, 0, False),
+        (a, 3, 1, False),
+        (a, 3, 0, False),
+        (a, 5, 2, False),
+        (b, 4, 0, True),
+    ]
+    assert events(got, a) == [(PUT, b"k", r) for r in (2, 3, 4, 5)]
+
+
+def test_a_joined_response_stays_under_the_response_limit(kv: KVStore) -> None:
+    hub = WatchHub(kv, max_response_bytes=600)
+    s = hub.new_stream()
+    wid = s.watch(b"k")
+    s.take()
+    for _ in range(6):
+        put(hub, b"k", b"x" * 150)  # 2..7, each event about 170 bytes
+    got = s.take()
+    assert events(got) == [(PUT, b"k", r) for r in range(2, 8)]
+    assert [len(r.events) for r in got] == [3, 3]
+    assert [r.revision for r in got] == [4, 7]
+    for r in got:
+        assert r.watch_id == wid
+        assert 64 + sum(event_size(ev) for ev in r.events) < hub.max_response_bytes
 
 
 # -- progress -----------------------------------------------------------------------------------
