@@ -11,7 +11,8 @@ member run with ``--snapshot-count``), then, in order:
    started again with the same argv and data; the time until it answers a linearizable
    Range (and its RSS then);
 4. **stalls**: a steady open-loop load (``--rate`` requests/s, puts and linearizable gets
-   alternating, each request on its own) against the leader and the other follower, while
+   alternating, each request on its own, sent from a process of its own so that the
+   bursts below cannot delay it) against the leader and the other follower, while
    (a) a burst of single puts makes every member take snapshots, and (b) a follower is
    stopped, more entries than the leader keeps for catching up are written, and it is
    started again, so the leader must send it its backend. Reported per endpoint: the
@@ -31,6 +32,7 @@ import contextlib
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import signal
@@ -336,6 +338,36 @@ async def _steady(
             await asyncio.wait(pending, timeout=15)
 
 
+def _steady_process(
+    targets: list[tuple[str, str]],
+    rate: float,
+    ready: Any,
+    stop: Any,
+    out: Any,
+) -> None:
+    """A child process: the steady load against ``targets`` ((endpoint, role)), ``rate``/s
+    in all, from ``ready`` being set until ``stop`` is; then each series' figures to ``out``.
+
+    The load runs in its own process so that the bursts' clients, on the parent's event
+    loop, cannot delay its sends or completions: a gap in them is the cluster's.
+    (``time.perf_counter`` is the same monotonic clock in both processes.)
+    """
+    series = [Series(endpoint, role) for endpoint, role in targets]
+
+    async def main() -> None:
+        halt = asyncio.Event()
+        loads = [asyncio.ensure_future(_steady(s, rate / len(series), halt)) for s in series]
+        ready.set()
+        await asyncio.to_thread(stop.wait)
+        halt.set()
+        await asyncio.wait(loads, timeout=30)
+
+    try:
+        asyncio.run(main())
+    finally:
+        out.put([(s.latencies, s.completions, s.errors) for s in series])
+
+
 async def _burst(endpoint: str, puts: int, clients: int, tag: str) -> dict[str, Any]:
     """``puts`` single puts (one Raft entry each) over ``clients`` concurrent clients."""
     next_i = 0
@@ -365,8 +397,19 @@ async def stalls(
 ) -> dict[str, Any]:
     """The steady load against ``leader`` and ``other`` while snapshots happen and
     ``victim`` catches up from the leader's backend."""
-    stop = asyncio.Event()
     series = [Series(leader.endpoint, "leader"), Series(other.endpoint, "follower")]
+    # spawned, not forked: this process already runs gRPC channels and an event loop
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    steady = ctx.Process(
+        target=_steady_process,
+        args=([(s.endpoint, s.role) for s in series], opts.rate, ready, stop, out),
+        name="steady-load",
+    )
+    steady.start()
+    if not await asyncio.to_thread(ready.wait, 60):
+        steady.kill()
+        raise RuntimeError("the steady load's process did not start")
     origin, started_unix = time.perf_counter(), time.time()
     events: list[dict[str, Any]] = []
     marks: dict[str, float] = {}
@@ -376,7 +419,6 @@ async def stalls(
         events.append({"at_s": round(now - origin, 2), "event": what, **extra})
         log(f"  {events[-1]['at_s']:7.2f}s  {what} {extra or ''}")
 
-    loads = [asyncio.ensure_future(_steady(s, opts.rate / len(series), stop)) for s in series]
     try:
         await asyncio.sleep(5)
         # (a) enough entries for every member to take at least two snapshots
@@ -404,7 +446,14 @@ async def stalls(
         await asyncio.sleep(5)
     finally:
         stop.set()
-        await asyncio.wait(loads, timeout=30)
+        try:
+            figures = await asyncio.to_thread(out.get, True, 60)
+        finally:
+            await asyncio.to_thread(steady.join, 10)
+            if steady.is_alive():
+                steady.kill()
+    for s, (latencies, completions, errors) in zip(series, figures, strict=True):
+        s.latencies, s.completions, s.errors = latencies, completions, errors
     end = time.perf_counter()
     windows = [
         ("quiet", origin + 1, marks.get("snapshot burst", end)),
