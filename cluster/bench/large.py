@@ -338,22 +338,14 @@ async def _steady(
             await asyncio.wait(pending, timeout=15)
 
 
-def _steady_process(
-    targets: list[tuple[str, str]],
-    rate: float,
-    ready: Any,
-    stop: Any,
-    out: Any,
-) -> None:
-    """A child process: the steady load against ``targets`` ((endpoint, role)), ``rate``/s
-    in all, from ``ready`` being set until ``stop`` is; then each series' figures to ``out``.
+def _steady_process(series: list[Series], rate: float, ready: Any, stop: Any, out: Any) -> None:
+    """A child process: the steady load against each of ``series``, ``rate``/s in all,
+    from ``ready`` being set until ``stop`` is; then the filled ``series`` to ``out``.
 
     The load runs in its own process so that the bursts' clients, on the parent's event
     loop, cannot delay its sends or completions: a gap in them is the cluster's.
     (``time.perf_counter`` is the same monotonic clock in both processes.)
     """
-    series = [Series(endpoint, role) for endpoint, role in targets]
-
     async def main() -> None:
         halt = asyncio.Event()
         loads = [asyncio.ensure_future(_steady(s, rate / len(series), halt)) for s in series]
@@ -365,7 +357,7 @@ def _steady_process(
     try:
         asyncio.run(main())
     finally:
-        out.put([(s.latencies, s.completions, s.errors) for s in series])
+        out.put(series)
 
 
 async def _burst(endpoint: str, puts: int, clients: int, tag: str) -> dict[str, Any]:
@@ -403,7 +395,7 @@ async def stalls(
     ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
     steady = ctx.Process(
         target=_steady_process,
-        args=([(s.endpoint, s.role) for s in series], opts.rate, ready, stop, out),
+        args=(series, opts.rate, ready, stop, out),
         name="steady-load",
     )
     steady.start()
@@ -447,13 +439,11 @@ async def stalls(
     finally:
         stop.set()
         try:
-            figures = await asyncio.to_thread(out.get, True, 60)
+            series = await asyncio.to_thread(out.get, True, 60)
         finally:
             await asyncio.to_thread(steady.join, 10)
             if steady.is_alive():
                 steady.kill()
-    for s, (latencies, completions, errors) in zip(series, figures, strict=True):
-        s.latencies, s.completions, s.errors = latencies, completions, errors
     end = time.perf_counter()
     windows = [
         ("quiet", origin + 1, marks.get("snapshot burst", end)),
